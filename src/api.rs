@@ -1,0 +1,373 @@
+//! The `DsccCredential` API (`dscc.io/v1alpha1`): types, defaults and CEL rules.
+//!
+//! The CRD under `crds/` is generated from these types (`dscc-token-operator crd`), so every
+//! doc comment here becomes a field description in `kubectl explain`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the custom resource.
+pub const GROUP: &str = "dscc.io";
+/// Annotation whose new value requests an immediate new token.
+pub const REFRESH_ANNOTATION: &str = "dscc.io/refresh-requested-at";
+/// Label naming the credential that owns a target Secret.
+pub const CREDENTIAL_LABEL: &str = "dscc.io/credential";
+/// Standard label marking objects this operator manages.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`] and the field manager name for server-side apply.
+pub const MANAGER: &str = "dscc-token-operator";
+/// The GreenLake SSO token endpoint, the default `tokenUrl`.
+pub const DEFAULT_TOKEN_URL: &str = "https://sso.common.cloud.hpe.com/as/token.oauth2";
+
+// CEL building blocks. Kept as constants so that the same pattern is used for every field.
+const KEY_RULE: &str = "self.size() <= 253 && self.matches('^[-._a-zA-Z0-9]+$')";
+const DNS_SUBDOMAIN_RULE: &str = "self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$') && duration(self) > duration('0s')";
+
+/// A request for an HPE GreenLake / DSCC API access token kept fresh in a Secret.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "dscc.io",
+    version = "v1alpha1",
+    kind = "DsccCredential",
+    plural = "dscccredentials",
+    singular = "dscccredential",
+    shortname = "dscc",
+    category = "all",
+    namespaced,
+    status = "DsccCredentialStatus",
+    doc = "DsccCredential exchanges an OAuth 2.0 client id and secret for an HPE GreenLake / DSCC API access token, keeps it in a Secret and renews it before it expires.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the target Secret holds a valid token"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the credential is (not) ready", priority = 1),
+    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName", description = "The Secret holding the token"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt", description = "When the current token expires"),
+    printcolumn(name = "Renewal", type_ = "date", json_path = ".status.renewalTime", description = "When the token will be renewed"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("has(self.spec.target) && has(self.spec.target.name) || self.metadata.name.size() <= 247").message("metadata.name is too long for the default target Secret name <name>-token: set spec.target.name")
+)]
+#[x_kube(
+    validation = Rule::new("!(has(self.refreshBefore) && has(self.refreshBeforePercentage))").message("set at most one of refreshBefore and refreshBeforePercentage")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DsccCredentialSpec {
+    /// The Secret, in the same namespace, that holds the OAuth 2.0 client id and client secret
+    /// of a GreenLake API client.
+    pub client_secret_ref: ClientSecretRef,
+
+    /// The OAuth 2.0 token endpoint. Defaults to the GreenLake SSO endpoint; the
+    /// workspace-scoped endpoint is
+    /// https://global.api.greenlake.hpe.com/authorization/v2/oauth2/<WORKSPACE_ID>/token.
+    /// Plain http is refused unless the operator runs with --allow-insecure-token-url.
+    #[serde(default = "default_token_url")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && (url(self).getScheme() == 'https' || url(self).getScheme() == 'http') && url(self).getHostname() != ''").message("tokenUrl must be an absolute http(s) URL, for example https://sso.common.cloud.hpe.com/as/token.oauth2"))]
+    pub token_url: String,
+
+    /// How the client authenticates to the token endpoint: ClientSecretPost sends the id and
+    /// secret in the form body, ClientSecretBasic in an HTTP Basic Authorization header.
+    #[serde(default)]
+    pub auth_method: AuthMethod,
+
+    /// OAuth 2.0 scopes to request; none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 256)))]
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[!#-\\\\[\\\\]-~]+$'))").message("each scope must be a non-empty RFC 6749 scope token: printable ASCII without spaces, quotes or backslashes"))]
+    pub scopes: Vec<String>,
+
+    /// DSCC region whose API URL is written into the target Secret (key apiUrl), for example
+    /// us1 for https://us1.data.cloud.hpe.com.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<Region>,
+
+    /// Renew this long before the token expires, as a duration such as 20m or 1h30m. Longer
+    /// than the token lifetime falls back to the default. Default: when a third of the
+    /// lifetime remains. Exclusive with refreshBeforePercentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("refreshBefore must be a positive duration such as 20m, 90s or 1h30m"))]
+    pub refresh_before: Option<String>,
+
+    /// Renew when this percentage of the token lifetime remains (1-99). Exclusive with
+    /// refreshBefore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 99").message("refreshBeforePercentage must be between 1 and 99"))]
+    pub refresh_before_percentage: Option<i32>,
+
+    /// The Secret the token is written to.
+    #[serde(default)]
+    pub target: TargetSpec,
+
+    /// Stop renewing. The current token stays in place until it expires.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn default_token_url() -> String {
+    DEFAULT_TOKEN_URL.to_owned()
+}
+
+/// Where the client id and client secret are read from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientSecretRef {
+    /// Name of a Secret in the credential's namespace.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message("clientSecretRef.name must be a valid Secret name (a DNS subdomain)"))]
+    pub name: String,
+
+    /// Key of the client id in the Secret.
+    #[serde(default = "default_client_id_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(KEY_RULE).message("clientIdKey must be a non-empty Secret key: letters, digits, '-', '_' or '.'"))]
+    pub client_id_key: String,
+
+    /// Key of the client secret in the Secret.
+    #[serde(default = "default_client_secret_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(KEY_RULE).message("clientSecretKey must be a non-empty Secret key: letters, digits, '-', '_' or '.'"))]
+    pub client_secret_key: String,
+}
+
+fn default_client_id_key() -> String {
+    "client_id".to_owned()
+}
+
+fn default_client_secret_key() -> String {
+    "client_secret".to_owned()
+}
+
+/// Client authentication method at the token endpoint (RFC 6749 section 2.3.1).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// client_id and client_secret in the form body (client_secret_post).
+    #[default]
+    ClientSecretPost,
+    /// HTTP Basic authentication (client_secret_basic).
+    ClientSecretBasic,
+}
+
+/// DSCC regional API hosts.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Region {
+    /// https://us1.data.cloud.hpe.com
+    Us1,
+    /// https://eu1.data.cloud.hpe.com
+    Eu1,
+    /// https://jp1.data.cloud.hpe.com
+    Jp1,
+    /// https://uk1.data.cloud.hpe.com
+    Uk1,
+    /// https://uae1.data.cloud.hpe.com
+    Uae1,
+}
+
+impl Region {
+    /// The DSCC API base URL of the region.
+    pub fn api_url(self) -> &'static str {
+        match self {
+            Region::Us1 => "https://us1.data.cloud.hpe.com",
+            Region::Eu1 => "https://eu1.data.cloud.hpe.com",
+            Region::Jp1 => "https://jp1.data.cloud.hpe.com",
+            Region::Uk1 => "https://uk1.data.cloud.hpe.com",
+            Region::Uae1 => "https://uae1.data.cloud.hpe.com",
+        }
+    }
+}
+
+/// The Secret the operator writes the token into.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSpec {
+    /// Name of the Secret. Default: <metadata.name>-token. The operator never takes over a
+    /// Secret it did not create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message("target.name must be a valid Secret name (a DNS subdomain)"))]
+    pub name: Option<String>,
+
+    /// Secret type. Default: Opaque.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 253").message("target.type must be a non-empty Secret type such as Opaque"))]
+    pub r#type: Option<String>,
+
+    /// Extra labels on the Secret. The labels app.kubernetes.io/managed-by and
+    /// dscc.io/credential are the operator's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("!('app.kubernetes.io/managed-by' in self) && !('dscc.io/credential' in self)").message("target.labels must not set app.kubernetes.io/managed-by or dscc.io/credential: the operator owns them"))]
+    pub labels: BTreeMap<String, String>,
+
+    /// Extra annotations on the Secret. Annotations under dscc.io/ are the operator's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('dscc.io/'))").message("target.annotations must not use the dscc.io/ prefix: the operator owns it"))]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Names of the keys written into the Secret; set a key to "" to leave it out.
+    #[serde(default)]
+    pub keys: TargetKeys,
+}
+
+/// Key names in the target Secret. An empty name leaves that entry out.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.accessToken != '' || self.authorization != ''").message("keys.accessToken and keys.authorization cannot both be empty: the token must be written somewhere"),
+    validation = Rule::new("[self.accessToken, self.tokenType, self.expiresAt, self.authorization, self.apiUrl].filter(k, k != '').all(k, [self.accessToken, self.tokenType, self.expiresAt, self.authorization, self.apiUrl].filter(j, j == k).size() == 1)").message("target.keys must be distinct")
+)]
+pub struct TargetKeys {
+    /// Key for the raw access token.
+    #[serde(default = "default_access_token_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(OPTIONAL_KEY_RULE).message(OPTIONAL_KEY_MESSAGE))]
+    pub access_token: String,
+    /// Key for the token type as the endpoint sent it (usually Bearer).
+    #[serde(default = "default_token_type_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(OPTIONAL_KEY_RULE).message(OPTIONAL_KEY_MESSAGE))]
+    pub token_type: String,
+    /// Key for the expiry time (RFC 3339).
+    #[serde(default = "default_expires_at_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(OPTIONAL_KEY_RULE).message(OPTIONAL_KEY_MESSAGE))]
+    pub expires_at: String,
+    /// Key for a ready-made HTTP Authorization header value ("Bearer <token>").
+    #[serde(default = "default_authorization_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(OPTIONAL_KEY_RULE).message(OPTIONAL_KEY_MESSAGE))]
+    pub authorization: String,
+    /// Key for the DSCC API base URL (only written when region is set).
+    #[serde(default = "default_api_url_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(OPTIONAL_KEY_RULE).message(OPTIONAL_KEY_MESSAGE))]
+    pub api_url: String,
+}
+
+const OPTIONAL_KEY_RULE: &str =
+    "self == '' || (self.size() <= 253 && self.matches('^[-._a-zA-Z0-9]+$'))";
+const OPTIONAL_KEY_MESSAGE: &str =
+    "a Secret key may contain only letters, digits, '-', '_' and '.' (or be empty to omit it)";
+
+impl Default for TargetKeys {
+    fn default() -> Self {
+        Self {
+            access_token: default_access_token_key(),
+            token_type: default_token_type_key(),
+            expires_at: default_expires_at_key(),
+            authorization: default_authorization_key(),
+            api_url: default_api_url_key(),
+        }
+    }
+}
+
+fn default_access_token_key() -> String {
+    "access_token".to_owned()
+}
+fn default_token_type_key() -> String {
+    "token_type".to_owned()
+}
+fn default_expires_at_key() -> String {
+    "expires_at".to_owned()
+}
+fn default_authorization_key() -> String {
+    "authorization".to_owned()
+}
+fn default_api_url_key() -> String {
+    "api_url".to_owned()
+}
+
+/// Observed state of a DsccCredential.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DsccCredentialStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready, Reconciling and Stalled, following the kstatus conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// Name of the Secret holding the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// When the current token was issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<Time>,
+
+    /// When the current token expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// When the operator will request the next token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<Time>,
+
+    /// Consecutive failed attempts since the last success.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_attempts: u32,
+
+    /// When the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Time>,
+
+    /// The condition reason of the last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_reason: Option<String>,
+
+    /// What went wrong at the last failure and what to fix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_message: Option<String>,
+
+    /// When the next attempt after a failure is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_time: Option<Time>,
+
+    /// What the last failed attempt was made from; a change to any of it retries at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_attempt: Option<AttemptInputs>,
+}
+
+/// The inputs an issuance attempt was made from (none of them secret).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptInputs {
+    /// metadata.generation of the credential.
+    pub generation: i64,
+    /// resourceVersion of the client Secret, if it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_version: Option<String>,
+    /// Value of the dscc.io/refresh-requested-at annotation, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_requested_at: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl DsccCredential {
+    /// Name of the target Secret: `spec.target.name`, else `<metadata.name>-token`.
+    pub fn target_name(&self) -> String {
+        match &self.spec.target.name {
+            Some(name) => name.clone(),
+            None => format!("{}-token", self.metadata.name.as_deref().unwrap_or_default()),
+        }
+    }
+
+    /// `namespace/name`, for messages and logs.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+}

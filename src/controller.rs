@@ -1,0 +1,739 @@
+//! The Kubernetes wiring: watches, and a reconcile that gathers inputs, asks the planner and
+//! carries out its plan.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, debug, info, info_span, warn};
+use url::Url;
+
+use crate::api::{
+    AttemptInputs, CREDENTIAL_LABEL, ClientSecretRef, DsccCredential, DsccCredentialSpec,
+    MANAGED_BY_LABEL, MANAGER, REFRESH_ANNOTATION,
+};
+use crate::planner::{
+    self, ClientSecretState, Failure, IssueReason, Observed, Plan, Situation, TargetState,
+};
+use crate::schedule::{RefreshBefore, RetryPolicy, jitter_seed, parse_duration};
+use crate::status::{self, StatusInputs};
+use crate::target_secret;
+use crate::token::{ClientCredentials, ClientSecret, TokenClient, TokenError, TokenRequest};
+use crate::{Error, KubeContext};
+
+/// A source of the current time, replaceable in tests.
+pub trait Clock: Send + Sync {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// How the controller behaves; set from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// How many credentials are reconciled at once.
+    pub concurrency: u16,
+    /// Spacing of retries after failed token requests.
+    pub retry: RetryPolicy,
+    /// Whether plain http token URLs are allowed (development only).
+    pub allow_insecure_http: bool,
+    /// How often a credential is looked at when nothing else brings it back.
+    pub resync: Duration,
+    /// Name of this operator instance in Events.
+    pub instance: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespaces: vec![],
+            concurrency: 8,
+            retry: RetryPolicy::default(),
+            allow_insecure_http: false,
+            resync: Duration::from_secs(30 * 60),
+            instance: None,
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    client: Client,
+    tokens: TokenClient,
+    recorder: Recorder,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+}
+
+impl Context {
+    /// A context with the system clock.
+    pub fn new(client: Client, tokens: TokenClient, settings: Settings) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: settings.instance.clone(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            tokens,
+            clock: Arc::new(SystemClock),
+            settings,
+        }
+    }
+}
+
+/// Runs the controller until SIGTERM or ctrl-c.
+pub async fn run(ctx: Arc<Context>) {
+    let scopes: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let controllers = scopes
+        .into_iter()
+        .map(|namespace| run_scope(namespace, ctx.clone()));
+    futures::future::join_all(controllers).await;
+}
+
+fn api_in<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// One controller for one namespace (or all of them).
+async fn run_scope(namespace: Option<String>, ctx: Arc<Context>) {
+    let ns = namespace.as_deref();
+    let credentials: Api<DsccCredential> = api_in(&ctx.client, ns);
+    // One metadata-only watch of Secrets, streamed and not cached: it maps each Secret event
+    // by name to the credentials that read it (client Secret) or write it (target Secret),
+    // foreign Secrets under a target name included. Secret data is only ever read by a GET
+    // of the few Secrets a reconcile needs.
+    let secret_meta: Api<PartialObjectMeta<Secret>> = api_in(&ctx.client, ns);
+
+    let controller = Controller::new(credentials, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency));
+    let store = controller.store();
+    info!(namespace = ns.unwrap_or("<all>"), "watching DsccCredentials");
+    controller
+        .watches(
+            secret_meta,
+            watcher::Config::default().any_semantic(),
+            move |secret| credentials_reading(&store, &secret),
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(credential = %object, "reconciled"),
+                Err(error) => debug!(%error, "reconcile did not complete"),
+            }
+        })
+        .await;
+}
+
+/// The credentials whose client Secret or target Secret is `secret`.
+fn credentials_reading(
+    store: &Store<DsccCredential>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<DsccCredential>> {
+    let namespace = secret.metadata.namespace.as_deref();
+    let name = secret.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|c| c.metadata.namespace.as_deref() == namespace)
+        .filter(|c| c.spec.client_secret_ref.name == name || c.target_name() == name)
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+fn error_policy(credential: Arc<DsccCredential>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(credential = %credential.key(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Reads the credential's inputs, plans, and carries out the plan.
+async fn reconcile(credential: Arc<DsccCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!(
+        "reconcile",
+        namespace = credential.namespace().unwrap_or_default(),
+        name = credential.name_any()
+    );
+    reconcile_credential(credential, ctx).instrument(span).await
+}
+
+async fn reconcile_credential(
+    credential: Arc<DsccCredential>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    if credential.metadata.deletion_timestamp.is_some() {
+        // The target Secret is garbage-collected through its owner reference.
+        return Ok(Action::await_change());
+    }
+    let namespace = credential
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(credential.name_any()))?;
+    let mut gathered = gather(&credential, &namespace, &ctx).await?;
+    let mut credential = credential;
+    if let Plan::Issue(_) = gathered.plan {
+        // The watch cache can lag behind our own last status write; a token request must
+        // never be decided on stale bookkeeping, so look at the live object once more.
+        let api: Api<DsccCredential> = Api::namespaced(ctx.client.clone(), &namespace);
+        let live = api
+            .get(&credential.name_any())
+            .await
+            .context(|| format!("reading DsccCredential {}", credential.key()))?;
+        if live.resource_version() != credential.resource_version() {
+            credential = Arc::new(live);
+            gathered = gather(&credential, &namespace, &ctx).await?;
+        }
+    }
+    match gathered.plan.clone() {
+        Plan::Issue(reason) => issue(&credential, &namespace, gathered, reason, &ctx).await,
+        Plan::Report {
+            situation,
+            token,
+            requeue_at,
+        } => {
+            let next = status::next(&StatusInputs {
+                current: credential.status.as_ref(),
+                generation: gathered.observed.generation,
+                secret_name: &credential.target_name(),
+                target: &gathered.observed.target,
+                failure: gathered.observed.failure.as_ref(),
+                situation: &situation,
+                token,
+                now: gathered.observed.now,
+            });
+            if credential.status.as_ref() != Some(&next) {
+                announce_change(&credential, &situation, &ctx).await;
+                write_status(&credential, &namespace, &next, &ctx).await?;
+            }
+            Ok(requeue_at_or(requeue_at, &ctx))
+        }
+    }
+}
+
+/// The inputs of a decision and the decision itself.
+struct Gathered {
+    observed: Observed,
+    plan: Plan,
+    credentials: Option<ClientCredentials>,
+    token_url: Option<Url>,
+}
+
+async fn gather(
+    credential: &DsccCredential,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Gathered, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let reference = &credential.spec.client_secret_ref;
+    let client_secret = secrets
+        .get_opt(&reference.name)
+        .await
+        .context(|| format!("reading client Secret {namespace}/{}", reference.name))?;
+    let (client, credentials) = read_client_secret(client_secret.as_ref(), reference);
+    let target_name = credential.target_name();
+    let target = secrets
+        .get_opt(&target_name)
+        .await
+        .context(|| format!("reading target Secret {namespace}/{target_name}"))?;
+    let target = target_secret::observe(target.as_ref(), credential);
+    let (token_url, spec_problem) = check_spec(&credential.spec, ctx.settings.allow_insecure_http);
+    let now = ctx.clock.now();
+    let status = credential.status.as_ref();
+    let issued_at = match &target {
+        TargetState::Owned(Some(record)) => record.issued_at,
+        _ => now,
+    };
+    let observed = Observed {
+        now,
+        generation: credential.metadata.generation.unwrap_or_default(),
+        suspend: credential.spec.suspend,
+        refresh_requested_at: credential.annotations().get(REFRESH_ANNOTATION).cloned(),
+        refresh_before: refresh_before(&credential.spec),
+        spec_problem,
+        client,
+        target,
+        ever_issued: status.is_some_and(|s| s.issued_at.is_some()),
+        failure: status::failure_record(status),
+        jitter_seed: jitter_seed(
+            credential.metadata.uid.as_deref().unwrap_or_default(),
+            issued_at,
+        ),
+    };
+    let plan = planner::plan(&observed);
+    Ok(Gathered {
+        observed,
+        plan,
+        credentials,
+        token_url,
+    })
+}
+
+/// The client credentials in `secret`, or why they cannot be used.
+fn read_client_secret(
+    secret: Option<&Secret>,
+    reference: &ClientSecretRef,
+) -> (ClientSecretState, Option<ClientCredentials>) {
+    let Some(secret) = secret else {
+        let state = ClientSecretState::Missing {
+            name: reference.name.clone(),
+        };
+        return (state, None);
+    };
+    // A trailing newline from `echo ... | kubectl create secret` is a classic mistake that
+    // the token endpoint would reject, so surrounding white space is dropped.
+    let value = |key: &str| {
+        let bytes = secret.data.as_ref()?.get(key)?;
+        let text = std::str::from_utf8(&bytes.0).ok()?.trim();
+        (!text.is_empty()).then(|| text.to_owned())
+    };
+    let missing = |key: &String| ClientSecretState::KeyMissing {
+        name: reference.name.clone(),
+        key: key.clone(),
+    };
+    let Some(client_id) = value(&reference.client_id_key) else {
+        return (missing(&reference.client_id_key), None);
+    };
+    let Some(client_secret) = value(&reference.client_secret_key) else {
+        return (missing(&reference.client_secret_key), None);
+    };
+    let credentials = ClientCredentials {
+        client_id,
+        client_secret: ClientSecret::new(client_secret),
+    };
+    let state = ClientSecretState::Present {
+        fingerprint: target_secret::credentials_fingerprint(&credentials),
+        version: secret.resource_version().unwrap_or_default(),
+    };
+    (state, Some(credentials))
+}
+
+/// What the API server's schema cannot check.
+fn check_spec(spec: &DsccCredentialSpec, allow_insecure_http: bool) -> (Option<Url>, Option<String>) {
+    let url = match Url::parse(&spec.token_url) {
+        Ok(url) => url,
+        Err(error) => {
+            return (None, Some(format!("spec.tokenUrl is not a valid URL: {error}")));
+        }
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_insecure_http => {}
+        "http" => {
+            let problem = "spec.tokenUrl uses plain http, which would expose the client secret; \
+                           use https (plain http is only accepted when the operator runs with \
+                           --allow-insecure-token-url, for development)";
+            return (None, Some(problem.into()));
+        }
+        other => {
+            return (None, Some(format!("spec.tokenUrl has scheme {other}; use https")));
+        }
+    }
+    if let Some(text) = &spec.refresh_before
+        && let Err(error) = parse_duration(text)
+    {
+        return (Some(url), Some(format!("spec.refreshBefore: {error}")));
+    }
+    (Some(url), None)
+}
+
+fn refresh_before(spec: &DsccCredentialSpec) -> RefreshBefore {
+    if let Some(duration) = spec.refresh_before.as_deref().and_then(|t| parse_duration(t).ok()) {
+        RefreshBefore::Duration(duration)
+    } else if let Some(percentage) = spec.refresh_before_percentage {
+        RefreshBefore::Percentage(percentage.clamp(1, 99) as u8)
+    } else {
+        RefreshBefore::Default
+    }
+}
+
+/// Requests a token and writes it, or records the failure.
+async fn issue(
+    credential: &DsccCredential,
+    namespace: &str,
+    gathered: Gathered,
+    reason: IssueReason,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let Gathered {
+        mut observed,
+        credentials,
+        token_url,
+        ..
+    } = gathered;
+    let (Some(credentials), Some(token_url), ClientSecretState::Present { fingerprint, version }) =
+        (credentials, token_url, observed.client.clone())
+    else {
+        unreachable!("the planner issues only with client credentials and a valid token URL");
+    };
+    let request = TokenRequest {
+        token_url: &token_url,
+        credentials: &credentials,
+        auth_method: credential.spec.auth_method,
+        scopes: &credential.spec.scopes,
+    };
+    info!(%reason, "requesting a token");
+    let result = ctx.tokens.exchange(&request, observed.now).await;
+    let token = match result {
+        Ok(token) => token,
+        Err(error) => {
+            let inputs = AttemptInputs {
+                generation: observed.generation,
+                client_secret_version: Some(version),
+                refresh_requested_at: observed.refresh_requested_at.clone(),
+            };
+            return record_failure(credential, namespace, observed, inputs, &error, ctx).await;
+        }
+    };
+
+    let secret = target_secret::build(
+        credential,
+        &token,
+        &fingerprint,
+        observed.refresh_requested_at.as_deref(),
+    );
+    let target_name = credential.target_name();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    secrets
+        .patch(&target_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret))
+        .await
+        .context(|| format!("writing target Secret {namespace}/{target_name}"))?;
+
+    observed.target = target_secret::observe(Some(&secret), credential);
+    observed.failure = None;
+    observed.jitter_seed = jitter_seed(
+        credential.metadata.uid.as_deref().unwrap_or_default(),
+        token.issued_at,
+    );
+    observed.now = ctx.clock.now();
+    let Plan::Report {
+        situation,
+        token: health,
+        requeue_at,
+    } = planner::plan(&observed)
+    else {
+        unreachable!("a token just written is current and fresh");
+    };
+    let next = status::next(&StatusInputs {
+        current: credential.status.as_ref(),
+        generation: observed.generation,
+        secret_name: &target_name,
+        target: &observed.target,
+        failure: None,
+        situation: &situation,
+        token: health,
+        now: observed.now,
+    });
+    write_status(credential, namespace, &next, ctx).await?;
+    info!(expires_at = %token.expires_at, "token written to Secret {target_name}");
+    let (event_reason, verb) = match reason {
+        IssueReason::FirstToken => ("TokenIssued", "Issued"),
+        _ => ("TokenRenewed", "Renewed"),
+    };
+    publish(
+        credential,
+        EventType::Normal,
+        event_reason,
+        format!(
+            "{verb} a token valid until {} into Secret {target_name} ({reason})",
+            token.expires_at
+        ),
+        ctx,
+    )
+    .await;
+    if matches!(reason, IssueReason::SpecChanged | IssueReason::FirstToken) {
+        remove_stale_targets(credential, namespace, &target_name, ctx).await?;
+    }
+    Ok(requeue_at_or(requeue_at, ctx))
+}
+
+async fn record_failure(
+    credential: &DsccCredential,
+    namespace: &str,
+    mut observed: Observed,
+    inputs: AttemptInputs,
+    error: &TokenError,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let failure = Failure {
+        reason: crate::conditions::Reason::parse(error.reason())
+            .unwrap_or(crate::conditions::Reason::TokenEndpointUnavailable),
+        message: error.to_string(),
+        permanent: error.is_permanent(),
+        retry_after: error.retry_after(),
+    };
+    let record = planner::after_failure(&observed, inputs, &failure, &ctx.settings.retry);
+    warn!(
+        reason = %failure.reason,
+        attempts = record.attempts,
+        next_retry = %record.next_retry,
+        "token request failed: {}",
+        failure.message
+    );
+    observed.failure = Some(record);
+    let (situation, health, requeue_at) = match planner::plan(&observed) {
+        Plan::Report {
+            situation,
+            token,
+            requeue_at,
+        } => (situation, token, requeue_at),
+        Plan::Issue(_) => unreachable!("a failure just recorded waits for its retry time"),
+    };
+    let next = status::next(&StatusInputs {
+        current: credential.status.as_ref(),
+        generation: observed.generation,
+        secret_name: &credential.target_name(),
+        target: &observed.target,
+        failure: observed.failure.as_ref(),
+        situation: &situation,
+        token: health,
+        now: observed.now,
+    });
+    write_status(credential, namespace, &next, ctx).await?;
+    publish(
+        credential,
+        EventType::Warning,
+        failure.reason.as_str(),
+        failure.message.clone(),
+        ctx,
+    )
+    .await;
+    Ok(requeue_at_or(requeue_at, ctx))
+}
+
+/// Tells in an Event what a status-only change means, once, when it first appears.
+async fn announce_change(credential: &DsccCredential, situation: &Situation, ctx: &Context) {
+    let current_reason = credential
+        .status
+        .as_ref()
+        .and_then(|s| crate::conditions::find(&s.conditions, crate::conditions::READY))
+        .map(|c| c.reason.clone());
+    let (reason, message) = match situation {
+        Situation::Blocked { reason, message } => (*reason, message.clone()),
+        Situation::Suspended => (
+            crate::conditions::Reason::Suspended,
+            "Renewals are suspended".to_owned(),
+        ),
+        _ => return,
+    };
+    if current_reason.as_deref() != Some(reason.as_str()) {
+        let kind = if matches!(situation, Situation::Suspended) {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        publish(credential, kind, reason.as_str(), message, ctx).await;
+    }
+}
+
+/// Deletes Secrets this credential created under an earlier target name.
+async fn remove_stale_targets(
+    credential: &DsccCredential,
+    namespace: &str,
+    current: &str,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let secrets: Api<PartialObjectMeta<Secret>> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!(
+        "{MANAGED_BY_LABEL}={MANAGER},{CREDENTIAL_LABEL}={}",
+        credential.name_any()
+    );
+    let owned = secrets
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+        .context(|| format!("listing Secrets of {}", credential.key()))?;
+    let uid = credential.metadata.uid.as_deref();
+    for secret in owned.items {
+        let ours = secret
+            .owner_references()
+            .iter()
+            .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid);
+        let name = secret.name_any();
+        if ours && name != current {
+            info!("deleting Secret {name}, the previous target");
+            secrets
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map(|_| ())
+                .or_else(ignore_not_found)
+                .context(|| format!("deleting previous target Secret {namespace}/{name}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn ignore_not_found(error: kube::Error) -> Result<(), kube::Error> {
+    match &error {
+        kube::Error::Api(status) if status.code == 404 => Ok(()),
+        _ => Err(error),
+    }
+}
+
+async fn write_status(
+    credential: &DsccCredential,
+    namespace: &str,
+    status: &crate::api::DsccCredentialStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let api: Api<DsccCredential> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({
+        "apiVersion": "dscc.io/v1alpha1",
+        "kind": "DsccCredential",
+        "status": status,
+    });
+    api.patch_status(
+        &credential.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .context(|| format!("writing status of DsccCredential {}", credential.key()))?;
+    Ok(())
+}
+
+async fn publish(
+    credential: &DsccCredential,
+    type_: EventType,
+    reason: &str,
+    note: String,
+    ctx: &Context,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &credential.object_ref(&()))
+        .await
+    {
+        // Events are best effort; the status carries the same information.
+        warn!(%error, "could not publish an Event");
+    }
+}
+
+fn requeue_at_or(at: Option<Timestamp>, ctx: &Context) -> Action {
+    let resync = ctx.settings.resync;
+    let delay = match at {
+        Some(at) => {
+            let until = at.duration_since(ctx.clock.now());
+            Duration::try_from(until).unwrap_or(Duration::ZERO).min(resync)
+        }
+        None => resync,
+    };
+    // A deadline that has just passed still needs a moment for clocks to agree.
+    Action::requeue(delay.max(Duration::from_millis(200)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TargetSpec;
+
+    fn spec(url: &str) -> DsccCredentialSpec {
+        DsccCredentialSpec {
+            client_secret_ref: ClientSecretRef {
+                name: "client".into(),
+                client_id_key: "client_id".into(),
+                client_secret_key: "client_secret".into(),
+            },
+            token_url: url.into(),
+            auth_method: Default::default(),
+            scopes: vec![],
+            region: None,
+            refresh_before: None,
+            refresh_before_percentage: None,
+            target: TargetSpec::default(),
+            suspend: false,
+        }
+    }
+
+    #[test]
+    fn plain_http_token_urls_are_refused_unless_allowed() {
+        let (_, problem) = check_spec(&spec("http://127.0.0.1:8080/token"), false);
+        assert!(problem.unwrap().contains("--allow-insecure-token-url"));
+        let (url, problem) = check_spec(&spec("http://127.0.0.1:8080/token"), true);
+        assert!(problem.is_none() && url.is_some());
+        let (_, problem) = check_spec(&spec("https://sso.common.cloud.hpe.com/as/token.oauth2"), false);
+        assert!(problem.is_none());
+    }
+
+    fn secret(data: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("client".into()),
+                resource_version: Some("42".into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn client_secret_values_are_trimmed_and_empty_ones_count_as_missing() {
+        let reference = spec("https://x").client_secret_ref;
+        let (state, credentials) = read_client_secret(
+            Some(&secret(&[("client_id", "id\n"), ("client_secret", " s3cret\n")])),
+            &reference,
+        );
+        assert!(matches!(state, ClientSecretState::Present { ref version, .. } if version == "42"));
+        let credentials = credentials.unwrap();
+        assert_eq!(credentials.client_id, "id");
+        assert_eq!(credentials.client_secret.expose_secret(), "s3cret");
+
+        let (state, _) = read_client_secret(
+            Some(&secret(&[("client_id", "id"), ("client_secret", "  ")])),
+            &reference,
+        );
+        assert_eq!(
+            state,
+            ClientSecretState::KeyMissing {
+                name: "client".into(),
+                key: "client_secret".into()
+            }
+        );
+        let (state, _) = read_client_secret(None, &reference);
+        assert_eq!(
+            state,
+            ClientSecretState::Missing {
+                name: "client".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The credential's status: read the failure bookkeeping from it, and compute the next one.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::DsccCredentialStatus;
+use crate::conditions::{self, Reason};
+use crate::planner::{FailureRecord, Situation, TargetState, TokenHealth};
+
+/// The failure bookkeeping stored in `status`, if the last attempt failed.
+pub fn failure_record(status: Option<&DsccCredentialStatus>) -> Option<FailureRecord> {
+    let status = status?;
+    if status.failed_attempts == 0 {
+        return None;
+    }
+    let reason = status
+        .last_failure_reason
+        .as_deref()
+        .and_then(Reason::parse)
+        .unwrap_or(Reason::TokenEndpointUnavailable);
+    Some(FailureRecord {
+        attempts: status.failed_attempts,
+        last_failure: status.last_failure_time.as_ref()?.0,
+        next_retry: status.next_retry_time.as_ref()?.0,
+        inputs: status.last_failed_attempt.clone().unwrap_or_default(),
+        reason,
+        message: status.last_failure_message.clone().unwrap_or_default(),
+        permanent: reason.is_permanent(),
+    })
+}
+
+/// Everything the next status is computed from.
+pub struct StatusInputs<'a> {
+    /// The status as it is now.
+    pub current: Option<&'a DsccCredentialStatus>,
+    /// `metadata.generation`.
+    pub generation: i64,
+    /// Name of the target Secret.
+    pub secret_name: &'a str,
+    /// The target Secret as the planner saw it.
+    pub target: &'a TargetState,
+    /// The failure bookkeeping to keep (`None` after a success).
+    pub failure: Option<&'a FailureRecord>,
+    /// What to report.
+    pub situation: &'a Situation,
+    /// The token's state.
+    pub token: TokenHealth,
+    /// The current time.
+    pub now: Timestamp,
+}
+
+/// The status that describes `inputs`. Unchanged conditions keep their transition times, so
+/// an unchanged world yields a status equal to the current one and nothing is written.
+pub fn next(inputs: &StatusInputs<'_>) -> DsccCredentialStatus {
+    let existing = inputs.current.map(|s| s.conditions.as_slice()).unwrap_or(&[]);
+    let desired = conditions::describe(inputs.situation, inputs.token);
+    let record = match inputs.target {
+        TargetState::Owned(Some(record)) if record.data_intact => Some(record),
+        _ => None,
+    };
+    let renewal_time = match (inputs.situation, inputs.token) {
+        (Situation::Ready, TokenHealth::Valid { renewal, .. }) => Some(Time(renewal)),
+        _ => None,
+    };
+    let failure = inputs.failure;
+    DsccCredentialStatus {
+        observed_generation: Some(inputs.generation),
+        conditions: conditions::merge(existing, &desired, inputs.generation, inputs.now),
+        secret_name: record.map(|_| inputs.secret_name.to_owned()),
+        issued_at: record.map(|r| Time(r.issued_at)),
+        expires_at: record.map(|r| Time(r.expires_at)),
+        renewal_time,
+        failed_attempts: failure.map_or(0, |f| f.attempts),
+        last_failure_time: failure.map(|f| Time(f.last_failure)),
+        last_failure_reason: failure.map(|f| f.reason.as_str().to_owned()),
+        last_failure_message: failure.map(|f| f.message.clone()),
+        next_retry_time: failure.map(|f| Time(f.next_retry)),
+        last_failed_attempt: failure.map(|f| f.inputs.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::AttemptInputs;
+    use crate::planner::TokenRecord;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    fn owned() -> TargetState {
+        TargetState::Owned(Some(TokenRecord {
+            issued_at: at(0),
+            expires_at: at(7200),
+            generation: 1,
+            credentials_fingerprint: "fp".into(),
+            refresh_requested_at: None,
+            data_intact: true,
+        }))
+    }
+
+    fn valid() -> TokenHealth {
+        TokenHealth::Valid {
+            expires_at: at(7200),
+            renewal: at(4800),
+            current: true,
+        }
+    }
+
+    fn failure() -> FailureRecord {
+        FailureRecord {
+            attempts: 2,
+            last_failure: at(4810),
+            next_retry: at(4820),
+            inputs: AttemptInputs {
+                generation: 1,
+                client_secret_version: Some("7".into()),
+                refresh_requested_at: None,
+            },
+            reason: Reason::RateLimited,
+            message: "token endpoint answered 429".into(),
+            permanent: false,
+        }
+    }
+
+    #[test]
+    fn a_ready_status_names_the_secret_and_its_times() {
+        let target = owned();
+        let status = next(&StatusInputs {
+            current: None,
+            generation: 1,
+            secret_name: "reports-token",
+            target: &target,
+            failure: None,
+            situation: &Situation::Ready,
+            token: valid(),
+            now: at(10),
+        });
+        assert_eq!(status.secret_name.as_deref(), Some("reports-token"));
+        assert_eq!(status.expires_at, Some(Time(at(7200))));
+        assert_eq!(status.renewal_time, Some(Time(at(4800))));
+        assert_eq!(status.observed_generation, Some(1));
+        assert_eq!(status.failed_attempts, 0);
+    }
+
+    #[test]
+    fn the_failure_bookkeeping_round_trips_through_the_status() {
+        let target = owned();
+        let failure = failure();
+        let situation = Situation::Failing {
+            reason: failure.reason,
+            message: failure.message.clone(),
+            permanent: false,
+            next_retry: failure.next_retry,
+        };
+        let status = next(&StatusInputs {
+            current: None,
+            generation: 1,
+            secret_name: "reports-token",
+            target: &target,
+            failure: Some(&failure),
+            situation: &situation,
+            token: valid(),
+            now: at(4810),
+        });
+        assert_eq!(failure_record(Some(&status)), Some(failure));
+    }
+
+    #[test]
+    fn an_unchanged_world_gives_an_equal_status() {
+        let target = owned();
+        let inputs = |current| StatusInputs {
+            current,
+            generation: 1,
+            secret_name: "reports-token",
+            target: &target,
+            failure: None,
+            situation: &Situation::Ready,
+            token: valid(),
+            now: at(10),
+        };
+        let first = next(&inputs(None));
+        let mut later = inputs(Some(&first));
+        later.now = at(500);
+        assert_eq!(next(&later), first);
+    }
+}
