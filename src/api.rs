@@ -26,7 +26,8 @@ pub const DEFAULT_TOKEN_URL: &str = "https://sso.common.cloud.hpe.com/as/token.o
 // CEL building blocks. Kept as constants so that the same pattern is used for every field.
 const KEY_RULE: &str = "self.size() <= 253 && self.matches('^[-._a-zA-Z0-9]+$')";
 const DNS_SUBDOMAIN_RULE: &str = "self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
-const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$') && duration(self) > duration('0s')";
+const DURATION_RULE: &str =
+    "self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$') && duration(self) > duration('0s')";
 
 /// A request for an HPE GreenLake / DSCC API access token kept fresh in a Secret.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -44,8 +45,10 @@ const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$')
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the target Secret holds a valid token"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the credential is (not) ready", priority = 1),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName", description = "The Secret holding the token"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt", description = "When the current token expires"),
-    printcolumn(name = "Renewal", type_ = "date", json_path = ".status.renewalTime", description = "When the token will be renewed"),
+    // Future times as "date" columns print as "<invalid>" (kubectl shows dates as ages), so
+    // the expiry and the renewal are shown as RFC 3339 times.
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt", description = "When the current token expires"),
+    printcolumn(name = "Renewal", type_ = "string", json_path = ".status.renewalTime", description = "When the token will be renewed"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("has(self.spec.target) && has(self.spec.target.name) || self.metadata.name.size() <= 247").message("metadata.name is too long for the default target Secret name <name>-token: set spec.target.name")
 )]
@@ -312,7 +315,7 @@ pub struct DsccCredentialStatus {
 
     /// Consecutive failed attempts since the last success.
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub failed_attempts: u32,
+    pub failed_attempts: i32,
 
     /// When the last attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,7 +352,7 @@ pub struct AttemptInputs {
     pub refresh_requested_at: Option<String>,
 }
 
-fn is_zero(n: &u32) -> bool {
+fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 
@@ -358,7 +361,10 @@ impl DsccCredential {
     pub fn target_name(&self) -> String {
         match &self.spec.target.name {
             Some(name) => name.clone(),
-            None => format!("{}-token", self.metadata.name.as_deref().unwrap_or_default()),
+            None => format!(
+                "{}-token",
+                self.metadata.name.as_deref().unwrap_or_default()
+            ),
         }
     }
 

@@ -151,7 +151,12 @@ pub fn describe(situation: &Situation, token: TokenHealth) -> Vec<Desired> {
             // The planner issues in every other case; this only shows while it does.
             None => vec![
                 desired(READY, false, Reason::Issuing, "Requesting a token".into()),
-                desired(RECONCILING, true, Reason::Issuing, "Requesting a token".into()),
+                desired(
+                    RECONCILING,
+                    true,
+                    Reason::Issuing,
+                    "Requesting a token".into(),
+                ),
             ],
         },
         Situation::Suspended => match (current_valid, token) {
@@ -349,8 +354,17 @@ mod tests {
         let failed = merge(&first, &describe(&failing(true), valid(true)), 1, at(50));
         assert_eq!(failed[0].last_transition_time, Time(at(50)));
         assert_eq!(failed[1].type_, STALLED);
-        let recovered = merge(&failed, &describe(&Situation::Ready, valid(true)), 1, at(90));
-        assert_eq!(recovered.len(), 1, "Stalled disappears once it is no longer true");
+        let recovered = merge(
+            &failed,
+            &describe(&Situation::Ready, valid(true)),
+            1,
+            at(90),
+        );
+        assert_eq!(
+            recovered.len(),
+            1,
+            "Stalled disappears once it is no longer true"
+        );
         assert_eq!(recovered[0].last_transition_time, Time(at(90)));
     }
 

@@ -138,7 +138,10 @@ async fn run_scope(namespace: Option<String>, ctx: Arc<Context>) {
     let controller = Controller::new(credentials, watcher::Config::default().any_semantic())
         .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency));
     let store = controller.store();
-    info!(namespace = ns.unwrap_or("<all>"), "watching DsccCredentials");
+    info!(
+        namespace = ns.unwrap_or("<all>"),
+        "watching DsccCredentials"
+    );
     controller
         .watches(
             secret_meta,
@@ -337,11 +340,17 @@ fn read_client_secret(
 }
 
 /// What the API server's schema cannot check.
-fn check_spec(spec: &DsccCredentialSpec, allow_insecure_http: bool) -> (Option<Url>, Option<String>) {
+fn check_spec(
+    spec: &DsccCredentialSpec,
+    allow_insecure_http: bool,
+) -> (Option<Url>, Option<String>) {
     let url = match Url::parse(&spec.token_url) {
         Ok(url) => url,
         Err(error) => {
-            return (None, Some(format!("spec.tokenUrl is not a valid URL: {error}")));
+            return (
+                None,
+                Some(format!("spec.tokenUrl is not a valid URL: {error}")),
+            );
         }
     };
     match url.scheme() {
@@ -354,7 +363,10 @@ fn check_spec(spec: &DsccCredentialSpec, allow_insecure_http: bool) -> (Option<U
             return (None, Some(problem.into()));
         }
         other => {
-            return (None, Some(format!("spec.tokenUrl has scheme {other}; use https")));
+            return (
+                None,
+                Some(format!("spec.tokenUrl has scheme {other}; use https")),
+            );
         }
     }
     if let Some(text) = &spec.refresh_before
@@ -366,7 +378,11 @@ fn check_spec(spec: &DsccCredentialSpec, allow_insecure_http: bool) -> (Option<U
 }
 
 fn refresh_before(spec: &DsccCredentialSpec) -> RefreshBefore {
-    if let Some(duration) = spec.refresh_before.as_deref().and_then(|t| parse_duration(t).ok()) {
+    if let Some(duration) = spec
+        .refresh_before
+        .as_deref()
+        .and_then(|t| parse_duration(t).ok())
+    {
         RefreshBefore::Duration(duration)
     } else if let Some(percentage) = spec.refresh_before_percentage {
         RefreshBefore::Percentage(percentage.clamp(1, 99) as u8)
@@ -389,8 +405,14 @@ async fn issue(
         token_url,
         ..
     } = gathered;
-    let (Some(credentials), Some(token_url), ClientSecretState::Present { fingerprint, version }) =
-        (credentials, token_url, observed.client.clone())
+    let (
+        Some(credentials),
+        Some(token_url),
+        ClientSecretState::Present {
+            fingerprint,
+            version,
+        },
+    ) = (credentials, token_url, observed.client.clone())
     else {
         unreachable!("the planner issues only with client credentials and a valid token URL");
     };
@@ -423,7 +445,11 @@ async fn issue(
     let target_name = credential.target_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     secrets
-        .patch(&target_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret))
+        .patch(
+            &target_name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
         .await
         .context(|| format!("writing target Secret {namespace}/{target_name}"))?;
 
@@ -469,9 +495,9 @@ async fn issue(
         ctx,
     )
     .await;
-    if matches!(reason, IssueReason::SpecChanged | IssueReason::FirstToken) {
-        remove_stale_targets(credential, namespace, &target_name, ctx).await?;
-    }
+    // After every token, not only on a spec change: a new spec.target.name shows up as a
+    // missing target (or as a retry after a failure), and a crash can interrupt a clean-up.
+    remove_stale_targets(credential, namespace, &target_name, ctx).await?;
     Ok(requeue_at_or(requeue_at, ctx))
 }
 
@@ -483,6 +509,8 @@ async fn record_failure(
     error: &TokenError,
     ctx: &Context,
 ) -> Result<Action, Error> {
+    // Backoff and Retry-After count from the answer, not from when the request was planned.
+    observed.now = ctx.clock.now();
     let failure = Failure {
         reason: crate::conditions::Reason::parse(error.reason())
             .unwrap_or(crate::conditions::Reason::TokenEndpointUnavailable),
@@ -648,7 +676,9 @@ fn requeue_at_or(at: Option<Timestamp>, ctx: &Context) -> Action {
     let delay = match at {
         Some(at) => {
             let until = at.duration_since(ctx.clock.now());
-            Duration::try_from(until).unwrap_or(Duration::ZERO).min(resync)
+            Duration::try_from(until)
+                .unwrap_or(Duration::ZERO)
+                .min(resync)
         }
         None => resync,
     };
@@ -685,7 +715,10 @@ mod tests {
         assert!(problem.unwrap().contains("--allow-insecure-token-url"));
         let (url, problem) = check_spec(&spec("http://127.0.0.1:8080/token"), true);
         assert!(problem.is_none() && url.is_some());
-        let (_, problem) = check_spec(&spec("https://sso.common.cloud.hpe.com/as/token.oauth2"), false);
+        let (_, problem) = check_spec(
+            &spec("https://sso.common.cloud.hpe.com/as/token.oauth2"),
+            false,
+        );
         assert!(problem.is_none());
     }
 
@@ -698,7 +731,12 @@ mod tests {
             },
             data: Some(
                 data.iter()
-                    .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                        )
+                    })
                     .collect(),
             ),
             ..Default::default()
@@ -706,10 +744,43 @@ mod tests {
     }
 
     #[test]
+    fn neither_the_observation_nor_the_plan_carries_the_client_secret() {
+        let reference = spec("https://x").client_secret_ref;
+        let client_secret = secret(&[("client_id", "id"), ("client_secret", "s3cret-value-123")]);
+        let (client, credentials) = read_client_secret(Some(&client_secret), &reference);
+        let observed = Observed {
+            now: Timestamp::now(),
+            generation: 1,
+            suspend: false,
+            refresh_requested_at: None,
+            refresh_before: RefreshBefore::Default,
+            spec_problem: None,
+            client,
+            target: TargetState::Foreign {
+                name: "someone-elses".into(),
+            },
+            ever_issued: false,
+            failure: None,
+            jitter_seed: 0,
+        };
+        let plan = planner::plan(&observed);
+        for text in [
+            format!("{observed:?}"),
+            format!("{plan:?}"),
+            format!("{credentials:?}"),
+        ] {
+            assert!(!text.contains("s3cret-value-123"), "leaked in {text}");
+        }
+    }
+
+    #[test]
     fn client_secret_values_are_trimmed_and_empty_ones_count_as_missing() {
         let reference = spec("https://x").client_secret_ref;
         let (state, credentials) = read_client_secret(
-            Some(&secret(&[("client_id", "id\n"), ("client_secret", " s3cret\n")])),
+            Some(&secret(&[
+                ("client_id", "id\n"),
+                ("client_secret", " s3cret\n"),
+            ])),
             &reference,
         );
         assert!(matches!(state, ClientSecretState::Present { ref version, .. } if version == "42"));

@@ -113,7 +113,12 @@ struct TokenArgs {
     client_id: String,
     /// The client secret. Prefer the environment variable or --client-secret-file: a flag
     /// is visible to other users in the process list.
-    #[arg(long, env = "DSCC_CLIENT_SECRET", hide_env_values = true, conflicts_with = "client_secret_file")]
+    #[arg(
+        long,
+        env = "DSCC_CLIENT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "client_secret_file"
+    )]
     client_secret: Option<String>,
     /// A file holding the client secret.
     #[arg(long)]
@@ -198,12 +203,13 @@ fn token_client_config(
     http: &HttpArgs,
     requests_per_second: Option<NonZeroU32>,
 ) -> anyhow::Result<TokenClientConfig> {
-    let extra_root_certificates_pem = match &http.extra_ca_file {
-        Some(path) => Some(std::fs::read(path).map_err(|e| {
-            anyhow::anyhow!("cannot read the CA bundle {}: {e}", path.display())
-        })?),
-        None => None,
-    };
+    let extra_root_certificates_pem =
+        match &http.extra_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the CA bundle {}: {e}", path.display())
+            })?),
+            None => None,
+        };
     Ok(TokenClientConfig {
         connect_timeout: http.connect_timeout,
         request_timeout: http.request_timeout,
@@ -235,7 +241,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: args.resync_interval,
         instance: std::env::var("POD_NAME").ok(),
     };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting dscc-token-operator");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "starting dscc-token-operator"
+    );
     controller::run(Arc::new(Context::new(client, tokens, settings))).await;
     tracing::info!("stopped");
     Ok(())
@@ -246,9 +255,9 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
         (Some(secret), _) => secret.clone(),
         (None, Some(path)) => std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
-        (None, None) => anyhow::bail!(
-            "no client secret: set DSCC_CLIENT_SECRET or pass --client-secret-file"
-        ),
+        (None, None) => {
+            anyhow::bail!("no client secret: set DSCC_CLIENT_SECRET or pass --client-secret-file")
+        }
     };
     let credentials = ClientCredentials {
         client_id: args.client_id.trim().to_owned(),

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::{RoundMode, SignedDuration, Timestamp, TimestampRound, Unit};
 
 use crate::api::AttemptInputs;
 use crate::conditions::Reason;
@@ -393,6 +393,16 @@ pub fn after_failure(
         observed.jitter_seed ^ u64::from(attempts),
     );
     let next_retry = observed.now + SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX);
+    // The status keeps times in whole seconds and the next look at the credential reads the
+    // retry time back from it: rounded down, a retry (and a server's Retry-After) would come
+    // up to a second early.
+    let next_retry = next_retry
+        .round(
+            TimestampRound::new()
+                .smallest(Unit::Second)
+                .mode(RoundMode::Ceil),
+        )
+        .unwrap_or(next_retry);
     FailureRecord {
         attempts,
         last_failure: observed.now,
@@ -625,7 +635,16 @@ mod tests {
         o.client = ClientSecretState::Missing {
             name: "greenlake-client".into(),
         };
-        assert!(matches!(plan(&o), Plan::Report { situation: Situation::Blocked { reason: Reason::ClientSecretNotFound, .. }, .. }));
+        assert!(matches!(
+            plan(&o),
+            Plan::Report {
+                situation: Situation::Blocked {
+                    reason: Reason::ClientSecretNotFound,
+                    ..
+                },
+                ..
+            }
+        ));
         o.client = ClientSecretState::KeyMissing {
             name: "greenlake-client".into(),
             key: "client_secret".into(),
@@ -701,7 +720,12 @@ mod tests {
     #[test]
     fn a_permanent_failure_retries_at_once_when_the_client_secret_changes() {
         let mut o = observed(4800);
-        o.failure = Some(after_failure(&o, inputs(&o), &permanent(), &RetryPolicy::default()));
+        o.failure = Some(after_failure(
+            &o,
+            inputs(&o),
+            &permanent(),
+            &RetryPolicy::default(),
+        ));
         o.now = at(4810);
         o.client = ClientSecretState::Present {
             fingerprint: "fp-2".into(),
@@ -713,7 +737,12 @@ mod tests {
     #[test]
     fn a_permanent_failure_retries_at_once_when_the_spec_changes() {
         let mut o = observed(4800);
-        o.failure = Some(after_failure(&o, inputs(&o), &permanent(), &RetryPolicy::default()));
+        o.failure = Some(after_failure(
+            &o,
+            inputs(&o),
+            &permanent(),
+            &RetryPolicy::default(),
+        ));
         o.now = at(4810);
         o.generation = 2;
         assert_eq!(issues(&o), Some(IssueReason::SpecChanged));
@@ -723,7 +752,12 @@ mod tests {
     fn a_failed_manual_refresh_is_not_repeated_before_the_backoff() {
         let mut o = observed(60);
         o.refresh_requested_at = Some("now".into());
-        o.failure = Some(after_failure(&o, inputs(&o), &transient(), &RetryPolicy::default()));
+        o.failure = Some(after_failure(
+            &o,
+            inputs(&o),
+            &transient(),
+            &RetryPolicy::default(),
+        ));
         o.now = at(62);
         assert_eq!(issues(&o), None);
     }
@@ -742,9 +776,32 @@ mod tests {
     }
 
     #[test]
+    fn retry_times_are_whole_seconds_never_earlier_than_the_delay() {
+        let mut o = observed(4800);
+        o.now = at(4800) + SignedDuration::from_millis(300);
+        let limited = Failure {
+            reason: Reason::RateLimited,
+            message: "rate limited".into(),
+            permanent: false,
+            retry_after: Some(Duration::from_secs(3)),
+        };
+        let policy = RetryPolicy {
+            transient_initial: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        let record = after_failure(&o, inputs(&o), &limited, &policy);
+        assert_eq!(record.next_retry, at(4804));
+    }
+
+    #[test]
     fn a_failure_keeps_the_old_token_reported_as_valid_until_it_expires() {
         let mut o = observed(4800);
-        o.failure = Some(after_failure(&o, inputs(&o), &transient(), &RetryPolicy::default()));
+        o.failure = Some(after_failure(
+            &o,
+            inputs(&o),
+            &transient(),
+            &RetryPolicy::default(),
+        ));
         o.now = at(4801);
         let Plan::Report { token, .. } = plan(&o) else {
             panic!("expected a report during backoff");

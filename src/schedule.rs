@@ -181,7 +181,10 @@ mod tests {
             (TWO_HOURS, RefreshBefore::Default),
             (FIFTEEN_MINUTES, RefreshBefore::Default),
             (TWO_HOURS, RefreshBefore::Percentage(10)),
-            (TWO_HOURS, RefreshBefore::Duration(SignedDuration::from_mins(20))),
+            (
+                TWO_HOURS,
+                RefreshBefore::Duration(SignedDuration::from_mins(20)),
+            ),
         ] {
             let planned = renewal_time(at(0), at(lifetime), refresh, 0);
             let mut earliest = planned;
@@ -208,13 +211,19 @@ mod tests {
     #[test]
     fn refresh_before_is_taken_as_is_when_shorter_than_the_lifetime() {
         let refresh = RefreshBefore::Duration(SignedDuration::from_mins(20));
-        assert_eq!(renewal_time(at(0), at(TWO_HOURS), refresh, 0), at(TWO_HOURS - 1200));
+        assert_eq!(
+            renewal_time(at(0), at(TWO_HOURS), refresh, 0),
+            at(TWO_HOURS - 1200)
+        );
     }
 
     #[test]
     fn refresh_before_longer_than_the_lifetime_falls_back_to_a_third() {
         let refresh = RefreshBefore::Duration(SignedDuration::from_hours(3));
-        assert_eq!(renewal_time(at(0), at(FIFTEEN_MINUTES), refresh, 0), at(600));
+        assert_eq!(
+            renewal_time(at(0), at(FIFTEEN_MINUTES), refresh, 0),
+            at(600)
+        );
     }
 
     #[test]
@@ -270,7 +279,10 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(SignedDuration::from_mins(90)));
         assert_eq!(parse_duration("1.5h"), Ok(SignedDuration::from_mins(90)));
         assert_eq!(parse_duration("90s"), Ok(SignedDuration::from_secs(90)));
-        assert_eq!(parse_duration("250ms"), Ok(SignedDuration::from_millis(250)));
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(SignedDuration::from_millis(250))
+        );
         for bad in ["", "20", "m", "1d", "-5m", "0s", "1h 30m", "1..5h"] {
             assert!(parse_duration(bad).is_err(), "{bad} should be refused");
         }

@@ -10,16 +10,16 @@ use crate::planner::{FailureRecord, Situation, TargetState, TokenHealth};
 /// The failure bookkeeping stored in `status`, if the last attempt failed.
 pub fn failure_record(status: Option<&DsccCredentialStatus>) -> Option<FailureRecord> {
     let status = status?;
-    if status.failed_attempts == 0 {
-        return None;
-    }
+    let attempts = u32::try_from(status.failed_attempts)
+        .ok()
+        .filter(|n| *n > 0)?;
     let reason = status
         .last_failure_reason
         .as_deref()
         .and_then(Reason::parse)
         .unwrap_or(Reason::TokenEndpointUnavailable);
     Some(FailureRecord {
-        attempts: status.failed_attempts,
+        attempts,
         last_failure: status.last_failure_time.as_ref()?.0,
         next_retry: status.next_retry_time.as_ref()?.0,
         inputs: status.last_failed_attempt.clone().unwrap_or_default(),
@@ -52,7 +52,10 @@ pub struct StatusInputs<'a> {
 /// The status that describes `inputs`. Unchanged conditions keep their transition times, so
 /// an unchanged world yields a status equal to the current one and nothing is written.
 pub fn next(inputs: &StatusInputs<'_>) -> DsccCredentialStatus {
-    let existing = inputs.current.map(|s| s.conditions.as_slice()).unwrap_or(&[]);
+    let existing = inputs
+        .current
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or(&[]);
     let desired = conditions::describe(inputs.situation, inputs.token);
     let record = match inputs.target {
         TargetState::Owned(Some(record)) if record.data_intact => Some(record),
@@ -70,7 +73,7 @@ pub fn next(inputs: &StatusInputs<'_>) -> DsccCredentialStatus {
         issued_at: record.map(|r| Time(r.issued_at)),
         expires_at: record.map(|r| Time(r.expires_at)),
         renewal_time,
-        failed_attempts: failure.map_or(0, |f| f.attempts),
+        failed_attempts: failure.map_or(0, |f| i32::try_from(f.attempts).unwrap_or(i32::MAX)),
         last_failure_time: failure.map(|f| Time(f.last_failure)),
         last_failure_reason: failure.map(|f| f.reason.as_str().to_owned()),
         last_failure_message: failure.map(|f| f.message.clone()),

@@ -54,7 +54,10 @@ fn token_data(
         (&keys.expires_at, Some(token.expires_at.to_string())),
         (
             &keys.authorization,
-            Some(format!("{} {secret}", authorization_scheme(&token.token_type))),
+            Some(format!(
+                "{} {secret}",
+                authorization_scheme(&token.token_type)
+            )),
         ),
         (&keys.api_url, api_url.map(str::to_owned)),
     ];
@@ -133,7 +136,11 @@ pub fn build(
     annotations.insert(EXPIRES_AT.into(), token.expires_at.to_string());
     annotations.insert(
         GENERATION.into(),
-        credential.metadata.generation.unwrap_or_default().to_string(),
+        credential
+            .metadata
+            .generation
+            .unwrap_or_default()
+            .to_string(),
     );
     annotations.insert(CREDENTIALS_HASH.into(), credentials_fingerprint.into());
     annotations.insert(DATA_HASH.into(), hash);
@@ -150,7 +157,12 @@ pub fn build(
             owner_references: owner_reference(credential).map(|r| vec![r]),
             ..ObjectMeta::default()
         },
-        type_: Some(spec.target.r#type.clone().unwrap_or_else(|| "Opaque".into())),
+        type_: Some(
+            spec.target
+                .r#type
+                .clone()
+                .unwrap_or_else(|| "Opaque".into()),
+        ),
         data: Some(
             data.into_iter()
                 .map(|(k, v)| (k, ByteString(v.into_bytes())))
@@ -255,7 +267,12 @@ mod tests {
 
     #[test]
     fn writes_every_default_key_with_a_canonical_authorization_header() {
-        let secret = build(&credential(TargetSpec::default()), &token(), "sha256:fp", None);
+        let secret = build(
+            &credential(TargetSpec::default()),
+            &token(),
+            "sha256:fp",
+            None,
+        );
         let data = string_data(&secret);
         assert_eq!(data["access_token"], "eyJ.secret-token.sig");
         assert_eq!(data["token_type"], "bearer");
@@ -347,7 +364,9 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("extra".into(), ByteString(b"x".to_vec()));
-        assert!(matches!(observe(Some(&secret), &credential), TargetState::Owned(Some(r)) if r.data_intact));
+        assert!(
+            matches!(observe(Some(&secret), &credential), TargetState::Owned(Some(r)) if r.data_intact)
+        );
     }
 
     #[test]

@@ -192,8 +192,9 @@ impl IssuedToken {
 pub enum TokenError {
     /// The token URL uses plain http and insecure URLs are not allowed.
     #[error(
-        "token URL {url} uses plain http; use https (plain http is accepted only when the \
-         operator runs with its development flag for insecure token URLs)"
+        "token URL {url} uses plain http, which would expose the client secret; use https \
+         (plain http is accepted only when the operator runs with --allow-insecure-token-url, \
+         for development)"
     )]
     InsecureUrl {
         /// The URL, without query or user info.
@@ -290,7 +291,7 @@ pub enum TokenError {
         detail: String,
     },
     /// The TLS handshake failed.
-    #[error("TLS handshake with {host} failed: {detail} (is the CA in --extra-ca-file?)")]
+    #[error("TLS handshake with {host} failed: {detail}")]
     Tls {
         /// The endpoint host (and port, if not the default).
         host: String,
@@ -494,17 +495,26 @@ impl TokenClient {
                 max_response_bytes: config.max_response_bytes,
                 default_lifetime: config.default_lifetime,
                 allow_insecure_http: config.allow_insecure_http,
-                limiter: config.requests_per_second_per_host.map(HostRateLimiter::new),
+                limiter: config
+                    .requests_per_second_per_host
+                    .map(HostRateLimiter::new),
             }),
         })
     }
 
-    /// Runs one client credentials exchange; `now` becomes the token's `issued_at`.
+    /// Runs one client credentials exchange; `now`, rounded down to a whole second, becomes
+    /// the token's `issued_at`.
+    ///
+    /// The request may wait for the per-host rate limiter first, so the token is issued at or
+    /// after `now`; an expiry computed from `now` therefore errs on the early side. Whole
+    /// seconds, because Kubernetes times (the status) hold no fractions, and the Secret and
+    /// the status must state the same expiry.
     pub async fn exchange(
         &self,
         request: &TokenRequest<'_>,
         now: Timestamp,
     ) -> Result<IssuedToken, TokenError> {
+        let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
         let url = request.token_url;
         check_url(url, self.shared.allow_insecure_http)?;
         let endpoint = Endpoint::of(url);
@@ -531,7 +541,10 @@ impl TokenClient {
                 form.push(("client_secret", secret));
             }
             AuthMethod::ClientSecretBasic => {
-                builder = builder.header(header::AUTHORIZATION, basic_authorization(client_id, secret));
+                builder = builder.header(
+                    header::AUTHORIZATION,
+                    basic_authorization(client_id, secret),
+                );
             }
         }
         tracing::debug!(host = %endpoint.host, client_id, "requesting a token");
@@ -564,25 +577,46 @@ impl TokenClient {
             let body = match read_capped(response, limit).await {
                 Ok(body) => body,
                 Err(ReadError::TooLarge) => {
-                    return Err(TokenError::ResponseTooLarge { host: endpoint.host, limit });
+                    return Err(TokenError::ResponseTooLarge {
+                        host: endpoint.host,
+                        limit,
+                    });
                 }
                 Err(ReadError::Http(err)) => {
                     return Err(self.transport_error(&err, &endpoint, &scrubber));
                 }
             };
-            return parse_success(&body, status, now, self.shared.default_lifetime, &endpoint, &scrubber);
+            return parse_success(
+                &body,
+                status,
+                now,
+                self.shared.default_lifetime,
+                &endpoint,
+                &scrubber,
+            );
         }
 
         // An error body that is too large or broken is ignored: the status still classifies it.
         let body = read_capped(response, limit).await.unwrap_or_default();
-        Err(classify_error_response(status, parse_oauth_error(&body, &scrubber), &endpoint))
+        Err(classify_error_response(
+            status,
+            parse_oauth_error(&body, &scrubber),
+            &endpoint,
+        ))
     }
 
-    fn transport_error(&self, err: &reqwest::Error, endpoint: &Endpoint, scrubber: &Scrubber) -> TokenError {
+    fn transport_error(
+        &self,
+        err: &reqwest::Error,
+        endpoint: &Endpoint,
+        scrubber: &Scrubber,
+    ) -> TokenError {
         let host = endpoint.host.clone();
-        let detail = error_chain(err, &scrubber.secrets);
-        if looks_like_tls_failure(&detail) {
-            return TokenError::Tls { host, detail: describe_tls_failure(&detail) };
+        if let Some(tls) = rustls_error(err) {
+            return TokenError::Tls {
+                host,
+                detail: describe_tls_failure(tls),
+            };
         }
         if err.is_timeout() {
             let connecting = err.is_connect();
@@ -591,8 +625,13 @@ impl TokenClient {
             } else {
                 self.shared.request_timeout
             };
-            return TokenError::Timeout { host, after, connecting };
+            return TokenError::Timeout {
+                host,
+                after,
+                connecting,
+            };
         }
+        let detail = error_chain(err, &scrubber.secrets);
         if err.is_connect() {
             return TokenError::Connect { host, detail };
         }
@@ -618,7 +657,11 @@ impl Endpoint {
             None => host_name.to_owned(),
         };
         let limiter_key = format!("{host_name}:{}", url.port_or_known_default().unwrap_or(0));
-        Self { url: display_url(url), host, limiter_key }
+        Self {
+            url: display_url(url),
+            host,
+            limiter_key,
+        }
     }
 }
 
@@ -634,11 +677,18 @@ fn display_url(url: &Url) -> String {
 }
 
 fn check_url(url: &Url, allow_insecure_http: bool) -> Result<(), TokenError> {
-    let unsupported = |problem| TokenError::UnsupportedUrl { url: display_url(url), problem };
+    let unsupported = |problem| TokenError::UnsupportedUrl {
+        url: display_url(url),
+        problem,
+    };
     match url.scheme() {
         "https" => {}
         "http" if allow_insecure_http => {}
-        "http" => return Err(TokenError::InsecureUrl { url: display_url(url) }),
+        "http" => {
+            return Err(TokenError::InsecureUrl {
+                url: display_url(url),
+            });
+        }
         _ => return Err(unsupported("the scheme must be https")),
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -665,14 +715,19 @@ fn join_scopes(scopes: &[String]) -> Option<String> {
 /// The `Authorization` header value for `client_secret_basic` (RFC 6749 section 2.3.1:
 /// id and secret are form-urlencoded before they are joined and base64-encoded).
 fn basic_authorization(client_id: &str, secret: &str) -> HeaderValue {
-    let mut value = HeaderValue::from_str(&format!("Basic {}", basic_credentials(client_id, secret)))
-        .expect("base64 is always a valid header value");
+    let mut value =
+        HeaderValue::from_str(&format!("Basic {}", basic_credentials(client_id, secret)))
+            .expect("base64 is always a valid header value");
     value.set_sensitive(true);
     value
 }
 
 fn basic_credentials(client_id: &str, secret: &str) -> String {
-    STANDARD.encode(format!("{}:{}", form_urlencode(client_id), form_urlencode(secret)))
+    STANDARD.encode(format!(
+        "{}:{}",
+        form_urlencode(client_id),
+        form_urlencode(secret)
+    ))
 }
 
 fn form_urlencode(value: &str) -> String {
@@ -716,7 +771,10 @@ fn parse_oauth_error(body: &[u8], scrubber: &Scrubber) -> Option<OAuthError> {
 }
 
 fn oauth_error_from(object: &Map<String, Value>, scrubber: &Scrubber) -> Option<OAuthError> {
-    let error = object.get("error").and_then(Value::as_str).map(sanitize_error_code);
+    let error = object
+        .get("error")
+        .and_then(Value::as_str)
+        .map(sanitize_error_code);
     let description = object
         .get("error_description")
         .and_then(Value::as_str)
@@ -730,12 +788,22 @@ fn sanitize_error_code(code: &str) -> String {
     let code = code.trim();
     let plausible = !code.is_empty()
         && code.len() <= 64
-        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if plausible { code.to_owned() } else { "unrecognised_error_code".to_owned() }
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if plausible {
+        code.to_owned()
+    } else {
+        "unrecognised_error_code".to_owned()
+    }
 }
 
 /// Classifies a non-2xx, non-429, non-5xx answer (or a 2xx carrying an `error`).
-fn classify_error_response(status: u16, body: Option<OAuthError>, endpoint: &Endpoint) -> TokenError {
+fn classify_error_response(
+    status: u16,
+    body: Option<OAuthError>,
+    endpoint: &Endpoint,
+) -> TokenError {
     let OAuthError { error, description } = body.unwrap_or_default();
     let credential_error = error
         .as_deref()
@@ -743,9 +811,19 @@ fn classify_error_response(status: u16, body: Option<OAuthError>, endpoint: &End
     let rejected = matches!(status, 400 | 401 | 403)
         || (credential_error && ((400..=499).contains(&status) || (200..=299).contains(&status)));
     if rejected {
-        TokenError::Rejected { url: endpoint.url.clone(), status, error, description }
+        TokenError::Rejected {
+            url: endpoint.url.clone(),
+            status,
+            error,
+            description,
+        }
     } else {
-        TokenError::UnexpectedStatus { url: endpoint.url.clone(), status, error, description }
+        TokenError::UnexpectedStatus {
+            url: endpoint.url.clone(),
+            status,
+            error,
+            description,
+        }
     }
 }
 
@@ -757,7 +835,10 @@ fn parse_success(
     endpoint: &Endpoint,
     scrubber: &Scrubber,
 ) -> Result<IssuedToken, TokenError> {
-    let malformed = |problem: String| TokenError::MalformedResponse { host: endpoint.host.clone(), problem };
+    let malformed = |problem: String| TokenError::MalformedResponse {
+        host: endpoint.host.clone(),
+        problem,
+    };
     // serde_json's messages name a position, never the content, so they are safe to show.
     let object = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(object)) => object,
@@ -778,7 +859,9 @@ fn parse_success(
     // The token ends up in an Authorization header; anything that could split or fold a
     // header line is refused rather than written to a Secret.
     if !access_token.bytes().all(is_header_token_byte) {
-        return Err(malformed("access_token contains spaces or control characters".to_owned()));
+        return Err(malformed(
+            "access_token contains spaces or control characters".to_owned(),
+        ));
     }
     let token_type = match object.get("token_type") {
         None | Some(Value::Null) => "Bearer".to_owned(),
@@ -788,8 +871,13 @@ fn parse_success(
         Some(_) => return Err(malformed("token_type is not a single word".to_owned())),
     };
     let claims = decode_jwt_claims(access_token);
-    let (expires_at, lifetime_source) =
-        select_expiry(object.get("expires_in"), claims.as_ref(), now, default_lifetime).map_err(malformed)?;
+    let (expires_at, lifetime_source) = select_expiry(
+        object.get("expires_in"),
+        claims.as_ref(),
+        now,
+        default_lifetime,
+    )
+    .map_err(malformed)?;
     let scope = object
         .get("scope")
         .and_then(Value::as_str)
@@ -859,9 +947,12 @@ fn select_expiry(
 /// Parses `expires_in`: a JSON number or a numeric string of seconds, greater than zero.
 fn parse_expires_in(value: &Value) -> Option<Duration> {
     let seconds = match value {
-        Value::Number(number) => number
-            .as_u64()
-            .or_else(|| number.as_f64().filter(|s| s.is_finite() && *s >= 1.0).map(|s| s as u64)),
+        Value::Number(number) => number.as_u64().or_else(|| {
+            number
+                .as_f64()
+                .filter(|s| s.is_finite() && *s >= 1.0)
+                .map(|s| s as u64)
+        }),
         Value::String(text) => {
             let text = text.trim();
             text.parse::<u64>().ok().or_else(|| {
@@ -897,7 +988,12 @@ pub fn decode_jwt_claims(token: &str) -> Option<Map<String, Value>> {
 
 /// Converts a jiff timestamp without needing jiff's `std` feature.
 fn system_time(at: Timestamp) -> SystemTime {
-    let since_epoch = Duration::from_nanos(at.as_nanosecond().unsigned_abs().try_into().unwrap_or(u64::MAX));
+    let since_epoch = Duration::from_nanos(
+        at.as_nanosecond()
+            .unsigned_abs()
+            .try_into()
+            .unwrap_or(u64::MAX),
+    );
     if at.as_second() >= 0 {
         SystemTime::UNIX_EPOCH + since_epoch
     } else {
@@ -1030,6 +1126,10 @@ fn error_chain(err: &reqwest::Error, secrets: &[String]) -> String {
         }
         source = cause.source();
     }
+    // hyper's "client error (Connect)" wrapper adds nothing to the cause after it.
+    if parts.len() > 1 {
+        parts.retain(|part| !(part.starts_with("client error (") && part.ends_with(')')));
+    }
     if parts.is_empty() {
         // Without a cause, reqwest's own message is all there is; it may name the URL.
         let mut text = err.to_string();
@@ -1041,25 +1141,55 @@ fn error_chain(err: &reqwest::Error, secrets: &[String]) -> String {
     scrub_text(&parts.join(": "), secrets, MAX_DETAIL_CHARS)
 }
 
-fn looks_like_tls_failure(detail: &str) -> bool {
-    let lowered = detail.to_ascii_lowercase();
-    ["certificate", "tls", "handshake", "unknownissuer", "alert"]
-        .iter()
-        .any(|needle| lowered.contains(needle))
+/// The rustls error somewhere in a reqwest error's cause chain, if the TLS layer failed.
+fn rustls_error(err: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        // io::Error hides a custom inner error from `source()` (and hyper nests them), so
+        // unwrap each layer explicitly.
+        let mut layer: &(dyn std::error::Error + 'static) = cause;
+        loop {
+            if let Some(tls) = layer.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            match layer
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+            {
+                Some(inner) => layer = inner,
+                None => break,
+            }
+        }
+        source = cause.source();
+    }
+    None
 }
 
-fn describe_tls_failure(detail: &str) -> String {
-    let lowered = detail.to_ascii_lowercase();
-    let summary = if lowered.contains("unknownissuer") || lowered.contains("unknown issuer") {
-        "certificate not trusted"
-    } else if lowered.contains("notvalidforname") || lowered.contains("not valid for name") {
-        "certificate is not valid for this host name"
-    } else if lowered.contains("expired") {
-        "certificate has expired"
-    } else {
-        return detail.to_owned();
-    };
-    format!("{summary} ({detail})")
+/// Says what a TLS failure means for the person who has to fix it.
+fn describe_tls_failure(err: &rustls::Error) -> String {
+    use rustls::{CertificateError, Error};
+    match err {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "certificate not trusted (is the CA in --extra-ca-file?)".to_owned()
+        }
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "the certificate is not valid for this host name; check spec.tokenUrl".to_owned(),
+        Error::InvalidCertificate(
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. },
+        ) => format!("the certificate is outside its validity period ({err}); check the clocks"),
+        Error::InvalidCertificate(_) => {
+            format!("certificate rejected: {err} (is the CA in --extra-ca-file?)")
+        }
+        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => {
+            "the server does not speak TLS on this port (plain http?); check spec.tokenUrl"
+                .to_owned()
+        }
+        _ => err.to_string(),
+    }
 }
 
 /// Spaces requests to each host: at most `rate` per second, with bursts of up to `rate`.
@@ -1085,7 +1215,10 @@ impl HostRateLimiter {
 
     /// Reserves the next slot for `host` and returns when it may be used.
     fn reserve(&self, host: &str, now: Instant) -> Instant {
-        let mut next = self.next.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next = self
+            .next
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let theoretical = next.get(host).copied().unwrap_or(now).max(now) + self.interval;
         let send_at = theoretical
             .checked_sub(self.interval * self.burst)
@@ -1128,36 +1261,57 @@ mod tests {
 
     #[test]
     fn retry_after_accepts_delay_seconds() {
-        assert_eq!(parse_retry_after("30", system(now())), Some(Duration::from_secs(30)));
-        assert_eq!(parse_retry_after(" 0 ", system(now())), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("30", system(now())),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after(" 0 ", system(now())),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
     fn retry_after_accepts_an_http_date_relative_to_now() {
         let at = system(now()) + Duration::from_secs(90);
         let header = httpdate::fmt_http_date(at);
-        assert_eq!(parse_retry_after(&header, system(now())), Some(Duration::from_secs(90)));
+        assert_eq!(
+            parse_retry_after(&header, system(now())),
+            Some(Duration::from_secs(90))
+        );
     }
 
     #[test]
     fn retry_after_in_the_past_means_now() {
         let at = system(now()) - Duration::from_secs(90);
         let header = httpdate::fmt_http_date(at);
-        assert_eq!(parse_retry_after(&header, system(now())), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after(&header, system(now())),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
     fn retry_after_ignores_garbage_and_caps_huge_delays() {
         assert_eq!(parse_retry_after("soon", system(now())), None);
         assert_eq!(parse_retry_after("-5", system(now())), None);
-        assert_eq!(parse_retry_after("99999999", system(now())), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("99999999", system(now())),
+            Some(MAX_RETRY_AFTER)
+        );
     }
 
     #[test]
     fn ratelimit_reset_accepts_seconds_and_unix_times() {
-        assert_eq!(parse_ratelimit_reset("12", system(now())), Some(Duration::from_secs(12)));
+        assert_eq!(
+            parse_ratelimit_reset("12", system(now())),
+            Some(Duration::from_secs(12))
+        );
         let unix = (now().as_second() + 40).to_string();
-        assert_eq!(parse_ratelimit_reset(&unix, system(now())), Some(Duration::from_secs(40)));
+        assert_eq!(
+            parse_ratelimit_reset(&unix, system(now())),
+            Some(Duration::from_secs(40))
+        );
         assert_eq!(parse_ratelimit_reset("x", system(now())), None);
     }
 
@@ -1165,32 +1319,91 @@ mod tests {
     fn retry_after_wins_over_ratelimit_reset() {
         let mut headers = HeaderMap::new();
         headers.insert("ratelimit-reset", HeaderValue::from_static("20"));
-        assert_eq!(rate_limit_delay(&headers, system(now())), Some(Duration::from_secs(20)));
+        assert_eq!(
+            rate_limit_delay(&headers, system(now())),
+            Some(Duration::from_secs(20))
+        );
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        assert_eq!(rate_limit_delay(&headers, system(now())), Some(Duration::from_secs(5)));
+        assert_eq!(
+            rate_limit_delay(&headers, system(now())),
+            Some(Duration::from_secs(5))
+        );
         assert_eq!(rate_limit_delay(&HeaderMap::new(), system(now())), None);
     }
 
     fn oauth(error: &str) -> Option<OAuthError> {
-        Some(OAuthError { error: Some(error.to_owned()), description: None })
+        Some(OAuthError {
+            error: Some(error.to_owned()),
+            description: None,
+        })
     }
 
     #[test]
     fn classifies_error_responses() {
         let cases: Vec<(u16, Option<OAuthError>, &str, bool)> = vec![
-            (401, oauth("invalid_client"), "InvalidClientCredentials", true),
-            (400, oauth("invalid_client"), "InvalidClientCredentials", true),
-            (400, oauth("unauthorized_client"), "InvalidClientCredentials", true),
-            (400, oauth("invalid_grant"), "InvalidClientCredentials", true),
-            (400, oauth("unsupported_grant_type"), "InvalidClientCredentials", true),
-            (400, oauth("invalid_scope"), "InvalidClientCredentials", true),
-            (400, oauth("invalid_request"), "InvalidClientCredentials", true),
+            (
+                401,
+                oauth("invalid_client"),
+                "InvalidClientCredentials",
+                true,
+            ),
+            (
+                400,
+                oauth("invalid_client"),
+                "InvalidClientCredentials",
+                true,
+            ),
+            (
+                400,
+                oauth("unauthorized_client"),
+                "InvalidClientCredentials",
+                true,
+            ),
+            (
+                400,
+                oauth("invalid_grant"),
+                "InvalidClientCredentials",
+                true,
+            ),
+            (
+                400,
+                oauth("unsupported_grant_type"),
+                "InvalidClientCredentials",
+                true,
+            ),
+            (
+                400,
+                oauth("invalid_scope"),
+                "InvalidClientCredentials",
+                true,
+            ),
+            (
+                400,
+                oauth("invalid_request"),
+                "InvalidClientCredentials",
+                true,
+            ),
             (400, None, "InvalidClientCredentials", true),
             (401, None, "InvalidClientCredentials", true),
             (403, None, "InvalidClientCredentials", true),
-            (403, oauth("access_denied"), "InvalidClientCredentials", true),
-            (422, oauth("invalid_client"), "InvalidClientCredentials", true),
-            (200, oauth("invalid_client"), "InvalidClientCredentials", true),
+            (
+                403,
+                oauth("access_denied"),
+                "InvalidClientCredentials",
+                true,
+            ),
+            (
+                422,
+                oauth("invalid_client"),
+                "InvalidClientCredentials",
+                true,
+            ),
+            (
+                200,
+                oauth("invalid_client"),
+                "InvalidClientCredentials",
+                true,
+            ),
             (404, None, "TokenEndpointUnavailable", false),
             (302, None, "TokenEndpointUnavailable", false),
             (409, oauth("conflict"), "TokenEndpointUnavailable", false),
@@ -1207,25 +1420,56 @@ mod tests {
     fn classifies_every_variant() {
         let host = "h".to_owned();
         let transient = [
-            TokenError::ServerError { host: host.clone(), status: 503, retry_after: None },
-            TokenError::Timeout { host: host.clone(), after: Duration::from_secs(1), connecting: false },
-            TokenError::Connect { host: host.clone(), detail: "refused".into() },
-            TokenError::Tls { host: host.clone(), detail: "bad".into() },
-            TokenError::Transport { host: host.clone(), detail: "reset".into() },
-            TokenError::ResponseTooLarge { host: host.clone(), limit: 1 },
-            TokenError::MalformedResponse { host: host.clone(), problem: "x".into() },
+            TokenError::ServerError {
+                host: host.clone(),
+                status: 503,
+                retry_after: None,
+            },
+            TokenError::Timeout {
+                host: host.clone(),
+                after: Duration::from_secs(1),
+                connecting: false,
+            },
+            TokenError::Connect {
+                host: host.clone(),
+                detail: "refused".into(),
+            },
+            TokenError::Tls {
+                host: host.clone(),
+                detail: "bad".into(),
+            },
+            TokenError::Transport {
+                host: host.clone(),
+                detail: "reset".into(),
+            },
+            TokenError::ResponseTooLarge {
+                host: host.clone(),
+                limit: 1,
+            },
+            TokenError::MalformedResponse {
+                host: host.clone(),
+                problem: "x".into(),
+            },
         ];
         for err in transient {
             assert_eq!(err.reason(), "TokenEndpointUnavailable", "{err}");
             assert!(!err.is_permanent(), "{err}");
         }
-        let limited = TokenError::RateLimited { host: host.clone(), retry_after: Some(Duration::from_secs(3)) };
+        let limited = TokenError::RateLimited {
+            host: host.clone(),
+            retry_after: Some(Duration::from_secs(3)),
+        };
         assert_eq!(limited.reason(), "RateLimited");
         assert!(!limited.is_permanent());
         assert_eq!(limited.retry_after(), Some(Duration::from_secs(3)));
         for err in [
-            TokenError::InsecureUrl { url: "http://h/".into() },
-            TokenError::UnsupportedUrl { url: "ftp://h/".into(), problem: "p" },
+            TokenError::InsecureUrl {
+                url: "http://h/".into(),
+            },
+            TokenError::UnsupportedUrl {
+                url: "ftp://h/".into(),
+                problem: "p",
+            },
             TokenError::InvalidConfig { detail: "d".into() },
         ] {
             assert_eq!(err.reason(), "InvalidSpec", "{err}");
@@ -1246,44 +1490,88 @@ mod tests {
             "token endpoint https://sso.example.com/as/token.oauth2 rejected the client credentials \
              (HTTP 401 invalid_client: Bad client credentials): check client_id and client_secret in the client Secret"
         );
-        let err = TokenError::ServerError { host: "sso.example.com".into(), status: 503, retry_after: None };
-        assert_eq!(err.to_string(), "token endpoint sso.example.com answered 503; will retry with backoff");
-        let err = TokenError::ResponseTooLarge { host: "h".into(), limit: 65536 };
-        assert_eq!(err.to_string(), "token endpoint h answered with more than 65536 bytes");
-        let err = TokenError::Timeout { host: "h".into(), after: Duration::from_secs(30), connecting: false };
-        assert_eq!(err.to_string(), "timed out after 30s waiting for the token endpoint h; will retry");
-        let err = TokenError::Timeout { host: "h".into(), after: Duration::from_millis(300), connecting: true };
-        assert_eq!(err.to_string(), "timed out after 300ms connecting to the token endpoint h; will retry");
+        let err = TokenError::ServerError {
+            host: "sso.example.com".into(),
+            status: 503,
+            retry_after: None,
+        };
+        assert_eq!(
+            err.to_string(),
+            "token endpoint sso.example.com answered 503; will retry with backoff"
+        );
+        let err = TokenError::ResponseTooLarge {
+            host: "h".into(),
+            limit: 65536,
+        };
+        assert_eq!(
+            err.to_string(),
+            "token endpoint h answered with more than 65536 bytes"
+        );
+        let err = TokenError::Timeout {
+            host: "h".into(),
+            after: Duration::from_secs(30),
+            connecting: false,
+        };
+        assert_eq!(
+            err.to_string(),
+            "timed out after 30s waiting for the token endpoint h; will retry"
+        );
+        let err = TokenError::Timeout {
+            host: "h".into(),
+            after: Duration::from_millis(300),
+            connecting: true,
+        };
+        assert_eq!(
+            err.to_string(),
+            "timed out after 300ms connecting to the token endpoint h; will retry"
+        );
         let scope = classify_error_response(400, oauth("invalid_scope"), &endpoint());
         assert!(scope.to_string().ends_with("check spec.scopes"), "{scope}");
     }
 
     #[test]
     fn urls_in_messages_lose_query_and_user_info() {
-        let url = Url::parse("https://user:pw@sso.example.com:8443/token?secret=x#frag").expect("url");
+        let url =
+            Url::parse("https://user:pw@sso.example.com:8443/token?secret=x#frag").expect("url");
         assert_eq!(display_url(&url), "https://sso.example.com:8443/token");
         let endpoint = Endpoint::of(&url);
         assert_eq!(endpoint.host, "sso.example.com:8443");
         assert_eq!(endpoint.limiter_key, "sso.example.com:8443");
-        assert_eq!(Endpoint::of(&Url::parse("https://a.example/t").expect("url")).limiter_key, "a.example:443");
+        assert_eq!(
+            Endpoint::of(&Url::parse("https://a.example/t").expect("url")).limiter_key,
+            "a.example:443"
+        );
     }
 
     #[test]
     fn refuses_insecure_and_odd_urls() {
         let http = Url::parse("http://localhost:8080/token").expect("url");
-        assert!(matches!(check_url(&http, false), Err(TokenError::InsecureUrl { .. })));
+        assert!(matches!(
+            check_url(&http, false),
+            Err(TokenError::InsecureUrl { .. })
+        ));
         assert!(check_url(&http, true).is_ok());
         let ftp = Url::parse("ftp://example.com/token").expect("url");
-        assert!(matches!(check_url(&ftp, true), Err(TokenError::UnsupportedUrl { .. })));
+        assert!(matches!(
+            check_url(&ftp, true),
+            Err(TokenError::UnsupportedUrl { .. })
+        ));
         let userinfo = Url::parse("https://id:secret@example.com/token").expect("url");
         let err = check_url(&userinfo, false).expect_err("user info refused");
         assert!(!err.to_string().contains("secret@"), "{err}");
-        assert!(check_url(&Url::parse("https://example.com/token").expect("url"), false).is_ok());
+        assert!(
+            check_url(
+                &Url::parse("https://example.com/token").expect("url"),
+                false
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn decodes_jwt_claims_without_verifying() {
-        let token = jwt(&serde_json::json!({"sub": "abc", "exp": 1_700_000_100, "client_id": "id"}));
+        let token =
+            jwt(&serde_json::json!({"sub": "abc", "exp": 1_700_000_100, "client_id": "id"}));
         let claims = decode_jwt_claims(&token).expect("claims");
         assert_eq!(claims["sub"], "abc");
         assert_eq!(claims["exp"], 1_700_000_100);
@@ -1320,14 +1608,16 @@ mod tests {
     fn lifetime_comes_from_expires_in_first() {
         let claims = claims(serde_json::json!({"exp": now().as_second() + 100}));
         let (at, source) =
-            select_expiry(Some(&serde_json::json!(7199)), Some(&claims), now(), HOUR).expect("expiry");
+            select_expiry(Some(&serde_json::json!(7199)), Some(&claims), now(), HOUR)
+                .expect("expiry");
         assert_eq!(source, LifetimeSource::ExpiresIn);
         assert_eq!(at.as_second(), now().as_second() + 7199);
     }
 
     #[test]
     fn expires_in_may_be_a_numeric_string() {
-        let (at, source) = select_expiry(Some(&serde_json::json!("900")), None, now(), HOUR).expect("expiry");
+        let (at, source) =
+            select_expiry(Some(&serde_json::json!("900")), None, now(), HOUR).expect("expiry");
         assert_eq!(source, LifetimeSource::ExpiresIn);
         assert_eq!(at.as_second(), now().as_second() + 900);
     }
@@ -1352,19 +1642,29 @@ mod tests {
 
     #[test]
     fn unusable_lifetimes_are_errors_not_defaults() {
-        for bad in [serde_json::json!(0), serde_json::json!(-5), serde_json::json!("soon"), serde_json::json!(true)] {
-            assert!(select_expiry(Some(&bad), None, now(), HOUR).is_err(), "{bad}");
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!(-5),
+            serde_json::json!("soon"),
+            serde_json::json!(true),
+        ] {
+            assert!(
+                select_expiry(Some(&bad), None, now(), HOUR).is_err(),
+                "{bad}"
+            );
         }
         let expired = claims(serde_json::json!({"exp": now().as_second() - 1}));
         assert!(select_expiry(None, Some(&expired), now(), HOUR).is_err());
         let valid = claims(serde_json::json!({"exp": now().as_second() + 60}));
-        let (_, source) = select_expiry(Some(&serde_json::json!(0)), Some(&valid), now(), HOUR).expect("expiry");
+        let (_, source) =
+            select_expiry(Some(&serde_json::json!(0)), Some(&valid), now(), HOUR).expect("expiry");
         assert_eq!(source, LifetimeSource::JwtExpiry);
     }
 
     #[test]
     fn absurd_lifetimes_are_clamped() {
-        let (at, _) = select_expiry(Some(&serde_json::json!(u64::MAX)), None, now(), HOUR).expect("expiry");
+        let (at, _) =
+            select_expiry(Some(&serde_json::json!(u64::MAX)), None, now(), HOUR).expect("expiry");
         assert_eq!(at, now().checked_add(MAX_LIFETIME).expect("in range"));
     }
 
@@ -1387,7 +1687,10 @@ mod tests {
         assert_eq!(secret.expose_secret(), "s3cr3t-value");
         let token = AccessToken::new("tok-value".into());
         assert_eq!(format!("{token:?}"), "AccessToken(<redacted>, 9 bytes)");
-        let credentials = ClientCredentials { client_id: "id".into(), client_secret: secret };
+        let credentials = ClientCredentials {
+            client_id: "id".into(),
+            client_secret: secret,
+        };
         let debug = format!("{credentials:?}");
         assert!(debug.contains("id") && !debug.contains("s3cr3t"), "{debug}");
     }
@@ -1412,7 +1715,10 @@ mod tests {
     #[test]
     fn scrubbing_keeps_client_ids_and_truncates_long_descriptions() {
         let id = "6f1e2d3c-4b5a-4968-8776-5a4b3c2d1e0f";
-        assert_eq!(scrub_text(&format!("unknown client {id}"), &[], 200), format!("unknown client {id}"));
+        assert_eq!(
+            scrub_text(&format!("unknown client {id}"), &[], 200),
+            format!("unknown client {id}")
+        );
         let long = "x ".repeat(300);
         let scrubbed = scrub_text(&long, &[], MAX_DESCRIPTION_CHARS);
         assert_eq!(scrubbed.chars().count(), MAX_DESCRIPTION_CHARS + 1);
@@ -1422,25 +1728,40 @@ mod tests {
     #[test]
     fn error_codes_that_do_not_look_like_codes_are_replaced() {
         assert_eq!(sanitize_error_code("invalid_client"), "invalid_client");
-        assert_eq!(sanitize_error_code("secret is hunter2"), "unrecognised_error_code");
+        assert_eq!(
+            sanitize_error_code("secret is hunter2"),
+            "unrecognised_error_code"
+        );
     }
 
     #[test]
     fn scopes_are_joined_by_single_spaces_and_omitted_when_empty() {
         assert_eq!(join_scopes(&[]), None);
         assert_eq!(join_scopes(&["".into(), " ".into()]), None);
-        assert_eq!(join_scopes(&["a".into(), "b c".into()]), Some("a b c".into()));
+        assert_eq!(
+            join_scopes(&["a".into(), "b c".into()]),
+            Some("a b c".into())
+        );
     }
 
     fn parse(body: &str) -> Result<IssuedToken, TokenError> {
-        parse_success(body.as_bytes(), 200, now(), HOUR, &endpoint(), &Scrubber::new("secret"))
+        parse_success(
+            body.as_bytes(),
+            200,
+            now(),
+            HOUR,
+            &endpoint(),
+            &Scrubber::new("secret"),
+        )
     }
 
     #[test]
     fn parses_a_greenlake_token_response() {
         let token = jwt(&serde_json::json!({"client_id": "id", "exp": now().as_second() + 7200}));
-        let issued = parse(&format!(r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":7199}}"#))
-            .expect("token");
+        let issued = parse(&format!(
+            r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":7199}}"#
+        ))
+        .expect("token");
         assert_eq!(issued.access_token.expose_secret(), token);
         assert_eq!(issued.token_type, "Bearer");
         assert_eq!(issued.issued_at, now());
@@ -1462,14 +1783,18 @@ mod tests {
             r#"{"access_token":"abc","token_type":"Bearer x"}"#,
         ] {
             let err = parse(body).expect_err(body);
-            assert!(matches!(err, TokenError::MalformedResponse { .. }), "{body}: {err:?}");
+            assert!(
+                matches!(err, TokenError::MalformedResponse { .. }),
+                "{body}: {err:?}"
+            );
             assert!(!err.is_permanent());
         }
     }
 
     #[test]
     fn a_success_status_carrying_an_oauth_error_is_classified_by_its_code() {
-        let err = parse(r#"{"error":"invalid_client","error_description":"nope"}"#).expect_err("error");
+        let err =
+            parse(r#"{"error":"invalid_client","error_description":"nope"}"#).expect_err("error");
         assert_eq!(err.reason(), "InvalidClientCredentials");
     }
 
@@ -1477,7 +1802,9 @@ mod tests {
     fn rate_limiter_allows_a_burst_then_spaces_requests() {
         let limiter = HostRateLimiter::new(NonZeroU32::new(2).expect("non-zero"));
         let start = Instant::now();
-        let slots: Vec<Duration> = (0..5).map(|_| limiter.reserve("a:443", start) - start).collect();
+        let slots: Vec<Duration> = (0..5)
+            .map(|_| limiter.reserve("a:443", start) - start)
+            .collect();
         assert_eq!(
             slots,
             [0, 0, 500, 1000, 1500].map(Duration::from_millis).to_vec()
@@ -1488,7 +1815,10 @@ mod tests {
         let later = start + Duration::from_secs(10);
         assert_eq!(limiter.reserve("a:443", later), later);
         assert_eq!(limiter.reserve("a:443", later), later);
-        assert_eq!(limiter.reserve("a:443", later), later + Duration::from_millis(500));
+        assert_eq!(
+            limiter.reserve("a:443", later),
+            later + Duration::from_millis(500)
+        );
     }
 
     #[test]
