@@ -1,8 +1,11 @@
 # Developer entry points. The test control plane is built from source and
 # cached under $(HOME)/.cache/dscc-token-operator; see testenv/README.md.
 SHELL := bash
-# "make -C dir cluster-up | tail -1" must end with the kubeconfig path.
+# "make cluster-up | tail -1" must end with the kubeconfig path: recipes are
+# quiet (@) and sub-makes print no directory. A top-level "make -C dir" still
+# prints "Leaving directory" last unless called as "make -s -C dir".
 MAKEFLAGS += --no-print-directory
+
 .SHELLFLAGS := -euo pipefail -c
 
 # Kubernetes version of the control plane: 1.37.2 (default) or 1.35.4.
