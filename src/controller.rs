@@ -12,7 +12,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -20,8 +20,10 @@ use url::Url;
 
 use crate::api::{
     AttemptInputs, CREDENTIAL_LABEL, ClientSecretRef, DsccCredential, DsccCredentialSpec,
-    MANAGED_BY_LABEL, MANAGER, REFRESH_ANNOTATION,
+    DsccCredentialStatus, MANAGED_BY_LABEL, MANAGER, REFRESH_ANNOTATION,
 };
+use crate::http::Readiness;
+use crate::metrics::{CredentialLabels, Metrics};
 use crate::planner::{
     self, ClientSecretState, Failure, IssueReason, Observed, Plan, Situation, TargetState,
 };
@@ -83,11 +85,17 @@ pub struct Context {
     recorder: Recorder,
     clock: Arc<dyn Clock>,
     settings: Settings,
+    metrics: Arc<Metrics>,
 }
 
 impl Context {
     /// A context with the system clock.
-    pub fn new(client: Client, tokens: TokenClient, settings: Settings) -> Self {
+    pub fn new(
+        client: Client,
+        tokens: TokenClient,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: settings.instance.clone(),
@@ -98,21 +106,38 @@ impl Context {
             tokens,
             clock: Arc::new(SystemClock),
             settings,
+            metrics,
         }
     }
 }
 
-/// Runs the controller until SIGTERM or ctrl-c.
-pub async fn run(ctx: Arc<Context>) {
+/// Runs the controller until `stop` turns true; marks `readiness` once every watch has
+/// synced.
+pub async fn run(
+    ctx: Arc<Context>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    readiness: Readiness,
+) {
     let scopes: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
         vec![None]
     } else {
         ctx.settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let controllers = scopes
-        .into_iter()
-        .map(|namespace| run_scope(namespace, ctx.clone()));
-    futures::future::join_all(controllers).await;
+    let mut stores = Vec::new();
+    let mut controllers = Vec::new();
+    for namespace in scopes {
+        let (store, controller) = scope(namespace, ctx.clone(), stop.clone());
+        stores.push(store);
+        controllers.push(controller);
+    }
+    let synced = async move {
+        let waits = stores.iter().map(|store| store.wait_until_ready());
+        if futures::future::try_join_all(waits).await.is_ok() {
+            info!("watches synced; ready");
+            readiness.set(true);
+        }
+    };
+    futures::future::join(synced, futures::future::join_all(controllers)).await;
 }
 
 fn api_in<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -125,8 +150,12 @@ where
     }
 }
 
-/// One controller for one namespace (or all of them).
-async fn run_scope(namespace: Option<String>, ctx: Arc<Context>) {
+/// One controller for one namespace (or all of them): its store, and the future that runs it.
+fn scope(
+    namespace: Option<String>,
+    ctx: Arc<Context>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (Store<DsccCredential>, impl std::future::Future<Output = ()>) {
     let ns = namespace.as_deref();
     let credentials: Api<DsccCredential> = api_in(&ctx.client, ns);
     // One metadata-only watch of Secrets, streamed and not cached: it maps each Secret event
@@ -134,29 +163,55 @@ async fn run_scope(namespace: Option<String>, ctx: Arc<Context>) {
     // foreign Secrets under a target name included. Secret data is only ever read by a GET
     // of the few Secrets a reconcile needs.
     let secret_meta: Api<PartialObjectMeta<Secret>> = api_in(&ctx.client, ns);
+    // The controller never sees a credential once it is gone, so deletions are watched
+    // separately (metadata only) to drop the credential's metric series.
+    let deletions = forget_deleted(api_in(&ctx.client, ns), ctx.metrics.clone());
 
     let controller = Controller::new(credentials, watcher::Config::default().any_semantic())
         .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency));
     let store = controller.store();
+    let mapper_store = store.clone();
     info!(
         namespace = ns.unwrap_or("<all>"),
         "watching DsccCredentials"
     );
-    controller
+    let mut stop = stop;
+    let run = controller
         .watches(
             secret_meta,
             watcher::Config::default().any_semantic(),
-            move |secret| credentials_reading(&store, &secret),
+            move |secret| credentials_reading(&mapper_store, &secret),
         )
-        .shutdown_on_signal()
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => debug!(credential = %object, "reconciled"),
                 Err(error) => debug!(%error, "reconcile did not complete"),
             }
-        })
-        .await;
+        });
+    let run = async move {
+        let deletions = tokio::spawn(deletions);
+        run.await;
+        deletions.abort();
+    };
+    (store, run)
+}
+
+/// Drops the metric series of each credential that is deleted.
+async fn forget_deleted(api: Api<PartialObjectMeta<DsccCredential>>, metrics: Arc<Metrics>) {
+    let events = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        if let Ok(watcher::Event::Delete(object)) = event {
+            metrics.forget_credential(&CredentialLabels {
+                namespace: object.namespace().unwrap_or_default(),
+                name: object.name_any(),
+            });
+        }
+    }
 }
 
 /// The credentials whose client Secret or target Secret is `secret`.
@@ -187,7 +242,27 @@ async fn reconcile(credential: Arc<DsccCredential>, ctx: Arc<Context>) -> Result
         namespace = credential.namespace().unwrap_or_default(),
         name = credential.name_any()
     );
-    reconcile_credential(credential, ctx).instrument(span).await
+    let started = std::time::Instant::now();
+    let metrics = ctx.metrics.clone();
+    let result = reconcile_credential(credential, ctx).instrument(span).await;
+    let error = result.as_ref().err().map(Error::metric_label);
+    metrics.reconciled(started.elapsed(), error);
+    result
+}
+
+/// Publishes what `status` says about the credential's token as metrics.
+fn observe(credential: &DsccCredential, status: &DsccCredentialStatus, ctx: &Context) {
+    let ready = crate::conditions::find(&status.conditions, crate::conditions::READY)
+        .map(|c| c.status == "True");
+    ctx.metrics.observe_credential(
+        &CredentialLabels {
+            namespace: credential.namespace().unwrap_or_default(),
+            name: credential.name_any(),
+        },
+        status.expires_at.as_ref().map(|t| t.0),
+        status.renewal_time.as_ref().map(|t| t.0),
+        ready,
+    );
 }
 
 async fn reconcile_credential(
@@ -233,6 +308,7 @@ async fn reconcile_credential(
                 token,
                 now: gathered.observed.now,
             });
+            observe(&credential, &next, &ctx);
             if credential.status.as_ref() != Some(&next) {
                 announce_change(&credential, &situation, &ctx).await;
                 write_status(&credential, &namespace, &next, &ctx).await?;
@@ -423,7 +499,14 @@ async fn issue(
         scopes: &credential.spec.scopes,
     };
     info!(%reason, "requesting a token");
+    let started = std::time::Instant::now();
     let result = ctx.tokens.exchange(&request, observed.now).await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(error) => error.reason(),
+    };
+    let host = token_url.host_str().unwrap_or_default();
+    ctx.metrics.token_request(host, outcome, started.elapsed());
     let token = match result {
         Ok(token) => token,
         Err(error) => {
@@ -479,6 +562,7 @@ async fn issue(
         now: observed.now,
     });
     write_status(credential, namespace, &next, ctx).await?;
+    observe(credential, &next, ctx);
     info!(expires_at = %token.expires_at, "token written to Secret {target_name}");
     let (event_reason, verb) = match reason {
         IssueReason::FirstToken => ("TokenIssued", "Issued"),
@@ -546,6 +630,7 @@ async fn record_failure(
         now: observed.now,
     });
     write_status(credential, namespace, &next, ctx).await?;
+    observe(credential, &next, ctx);
     publish(
         credential,
         EventType::Warning,
@@ -628,7 +713,7 @@ fn ignore_not_found(error: kube::Error) -> Result<(), kube::Error> {
 async fn write_status(
     credential: &DsccCredential,
     namespace: &str,
-    status: &crate::api::DsccCredentialStatus,
+    status: &DsccCredentialStatus,
     ctx: &Context,
 ) -> Result<(), Error> {
     let api: Api<DsccCredential> = Api::namespaced(ctx.client.clone(), namespace);

@@ -9,10 +9,13 @@
 //! - [`conditions`]: `Ready` / `Reconciling` / `Stalled`.
 //! - [`target_secret`]: the Secret the token is written to.
 //! - [`controller`]: the Kubernetes wiring that gathers inputs and carries out the plan.
+//! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
 
 pub mod api;
 pub mod conditions;
 pub mod controller;
+pub mod http;
+pub mod metrics;
 pub mod planner;
 pub mod schedule;
 pub mod status;

@@ -1,5 +1,6 @@
 //! The `dscc-token-operator` command: `run`, `crd` and `token`.
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dscc_token_operator::api::{AuthMethod, DsccCredential};
 use dscc_token_operator::controller::{self, Context, Settings};
+use dscc_token_operator::http::{self, Readiness};
+use dscc_token_operator::metrics::Metrics;
 use dscc_token_operator::schedule::{RetryPolicy, parse_duration};
 use dscc_token_operator::token::{
     ClientCredentials, ClientSecret, TokenClient, TokenClientConfig, TokenRequest,
@@ -97,6 +100,24 @@ struct RunArgs {
     /// How often every credential is looked at even when nothing changed.
     #[arg(long, default_value = "30m", value_parser = duration)]
     resync_interval: Duration,
+    /// Address of the Prometheus /metrics endpoint.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+    /// Address of the /healthz and /readyz endpoints.
+    #[arg(long, env = "HEALTH_ADDRESS", default_value = "0.0.0.0:8081")]
+    health_address: SocketAddr,
+    /// Reconcile only while holding a Lease, so that several replicas are safe.
+    #[arg(long, env = "LEADER_ELECTION")]
+    leader_election: bool,
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "dscc-token-operator")]
+    leader_election_lease_name: String,
+    /// How long a Lease is held without renewal; a new leader takes over within this time.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    leader_election_lease_duration: Duration,
     #[command(flatten)]
     http: HttpArgs,
     #[command(flatten)]
@@ -228,6 +249,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(args.token_requests_per_second),
     )?)?;
     let client = kube::Client::try_default().await?;
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
     let settings = Settings {
         namespaces: args.namespaces,
         concurrency: args.concurrency,
@@ -239,15 +264,122 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         allow_insecure_http: args.http.allow_insecure_token_url,
         resync: args.resync_interval,
-        instance: std::env::var("POD_NAME").ok(),
+        instance: Some(identity.clone()),
     };
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Readiness::default();
+    let metrics_address = http::serve_metrics(args.metrics_address, metrics.clone()).await?;
+    let health_address = http::serve_health(args.health_address, readiness.clone()).await?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        %metrics_address,
+        %health_address,
         "starting dscc-token-operator"
     );
-    controller::run(Arc::new(Context::new(client, tokens, settings))).await;
+
+    // `stop` turns true on SIGTERM or ctrl-c, and when leadership is lost.
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let stop_sender = Arc::new(stop_sender);
+    tokio::spawn({
+        let stop_sender = stop_sender.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            stop_sender.send_replace(true);
+        }
+    });
+    let ctx = Arc::new(Context::new(client.clone(), tokens, settings, metrics));
+
+    if !args.leader_election {
+        controller::run(ctx, stop, readiness).await;
+        tracing::info!("stopped");
+        return Ok(());
+    }
+
+    let duration = args.leader_election_lease_duration.as_secs().max(2);
+    let manager =
+        kube_lease_manager::LeaseManagerBuilder::new(client, &args.leader_election_lease_name)
+            .with_namespace(&args.leader_election_namespace)
+            .with_identity(&identity)
+            .with_duration(duration)
+            .with_grace((duration / 3).max(1))
+            .with_field_manager(dscc_token_operator::api::MANAGER)
+            .build()
+            .await?;
+    let (mut leader, lease_task) = manager.watch().await;
+    // A standby replica is healthy and ready; it just does not reconcile.
+    readiness.set(true);
+    tracing::info!(
+        lease = %args.leader_election_lease_name,
+        namespace = %args.leader_election_namespace,
+        %identity,
+        "waiting for leadership"
+    );
+    let mut waiting_stop = stop.clone();
+    let became_leader = tokio::select! {
+        result = leader.wait_for(|is_leader| *is_leader) => Some(result.is_ok()),
+        _ = waiting_stop.wait_for(|stop| *stop) => None,
+    };
+    match became_leader {
+        Some(true) => {}
+        Some(false) => anyhow::bail!("leader election ended unexpectedly"),
+        None => {
+            drop(leader);
+            let _ = lease_task.await;
+            tracing::info!("stopped before becoming leader");
+            return Ok(());
+        }
+    }
+    tracing::info!("became leader; reconciling");
+    readiness.set(false);
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn({
+        let lost = lost.clone();
+        let stop_sender = stop_sender.clone();
+        let mut leader = leader.clone();
+        async move {
+            if leader.wait_for(|is_leader| !*is_leader).await.is_ok() {
+                lost.store(true, std::sync::atomic::Ordering::Release);
+                stop_sender.send_replace(true);
+            }
+        }
+    });
+    controller::run(ctx, stop, readiness).await;
+    // Dropping the last receiver makes the lease manager release the Lease, so a standby
+    // replica takes over at once instead of after the lease duration.
+    drop(leader);
+    match lease_task.await {
+        Ok(Ok(_)) => tracing::info!("released the leader-election Lease"),
+        Ok(Err(error)) => tracing::warn!(%error, "could not release the Lease"),
+        Err(error) => tracing::warn!(%error, "the lease task failed"),
+    }
+    if lost.load(std::sync::atomic::Ordering::Acquire) {
+        anyhow::bail!("lost leadership; exiting so that a fresh process can compete again");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
 
 async fn token(args: TokenArgs) -> anyhow::Result<()> {

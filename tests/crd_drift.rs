@@ -10,7 +10,10 @@ fn the_crd_file_matches_the_generated_crd() {
         .expect("run dscc-token-operator crd");
     assert!(output.status.success(), "crd command failed: {output:?}");
     let generated = String::from_utf8(output.stdout).expect("utf-8 CRD");
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/dscc.io_dscccredentials.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/dscc.io_dscccredentials.yaml"
+    );
     let committed = std::fs::read_to_string(path).expect("read crds/dscc.io_dscccredentials.yaml");
     assert!(
         generated == committed,
