@@ -53,7 +53,9 @@ const DURATION_RULE: &str =
     validation = Rule::new("has(self.spec.target) && has(self.spec.target.name) || self.metadata.name.size() <= 247").message("metadata.name is too long for the default target Secret name <name>-token: set spec.target.name")
 )]
 #[x_kube(
-    validation = Rule::new("!(has(self.refreshBefore) && has(self.refreshBeforePercentage))").message("set at most one of refreshBefore and refreshBeforePercentage")
+    validation = Rule::new("!(has(self.refreshBefore) && has(self.refreshBeforePercentage))").message("set at most one of refreshBefore and refreshBeforePercentage"),
+    validation = Rule::new("!has(self.verify) || !self.verify || has(self.region) || has(self.apiUrl)").message("verify needs region or apiUrl: the DSCC API to probe"),
+    validation = Rule::new("!has(self.rolloutRestartTargets) || self.rolloutRestartTargets.all(t, self.rolloutRestartTargets.exists_one(u, u.kind == t.kind && u.name == t.name))").message("rolloutRestartTargets must not list a workload twice")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DsccCredentialSpec {
@@ -104,9 +106,61 @@ pub struct DsccCredentialSpec {
     #[serde(default)]
     pub target: TargetSpec,
 
+    /// DSCC API base URL, for private endpoints and tests; overrides region for the apiUrl
+    /// key and for verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && (url(self).getScheme() == 'https' || url(self).getScheme() == 'http') && url(self).getHostname() != ''").message("apiUrl must be an absolute http(s) URL, for example https://us1.data.cloud.hpe.com"))]
+    pub api_url: Option<String>,
+
+    /// Probe the DSCC API (GET /api/v1/audit-events?limit=1) with each new token before it
+    /// replaces the old one: 401 keeps the old token and reports VerifyFailed; 403 means the
+    /// token is valid but lacks that permission. Needs region or apiUrl.
+    #[serde(default)]
+    pub verify: bool,
+
+    /// Workloads in the same namespace that read the token only at start: after each new
+    /// token, their pod template annotation dscc.io/restartedAt is set to the token's issue
+    /// time, which rolls them out once per token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub rollout_restart_targets: Vec<RolloutRestartTarget>,
+
     /// Stop renewing. The current token stays in place until it expires.
     #[serde(default)]
     pub suspend: bool,
+}
+
+/// A workload to restart after each new token.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestartTarget {
+    /// Deployment, StatefulSet or DaemonSet.
+    pub kind: WorkloadKind,
+    /// Its name, in the credential's namespace.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message("rolloutRestartTargets[].name must be a valid object name (a DNS subdomain)"))]
+    pub name: String,
+}
+
+/// Kinds of workload that can be restarted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+impl DsccCredentialSpec {
+    /// The DSCC API base URL: `apiUrl`, else the region's.
+    pub fn dscc_api_url(&self) -> Option<&str> {
+        self.api_url
+            .as_deref()
+            .or_else(|| self.region.map(Region::api_url))
+    }
 }
 
 fn default_token_url() -> String {
@@ -245,7 +299,7 @@ pub struct TargetKeys {
     #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new(OPTIONAL_KEY_RULE).message(OPTIONAL_KEY_MESSAGE))]
     pub authorization: String,
-    /// Key for the DSCC API base URL (only written when region is set).
+    /// Key for the DSCC API base URL (only written when region or apiUrl is set).
     #[serde(default = "default_api_url_key")]
     #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new(OPTIONAL_KEY_RULE).message(OPTIONAL_KEY_MESSAGE))]

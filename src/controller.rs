@@ -22,15 +22,19 @@ use crate::api::{
     AttemptInputs, CREDENTIAL_LABEL, ClientSecretRef, DsccCredential, DsccCredentialSpec,
     DsccCredentialStatus, MANAGED_BY_LABEL, MANAGER, REFRESH_ANNOTATION,
 };
+use crate::conditions::Reason;
+use crate::dscc_api;
 use crate::http::Readiness;
 use crate::metrics::{CredentialLabels, Metrics};
 use crate::planner::{
     self, ClientSecretState, Failure, IssueReason, Observed, Plan, Situation, TargetState,
+    TokenHealth,
 };
+use crate::rollout::{self, RestartOutcome};
 use crate::schedule::{RefreshBefore, RetryPolicy, jitter_seed, parse_duration};
 use crate::status::{self, StatusInputs};
 use crate::target_secret;
-use crate::token::{ClientCredentials, ClientSecret, TokenClient, TokenError, TokenRequest};
+use crate::token::{ClientCredentials, ClientSecret, TokenClient, TokenRequest};
 use crate::{Error, KubeContext};
 
 /// A source of the current time, replaceable in tests.
@@ -298,24 +302,69 @@ async fn reconcile_credential(
             token,
             requeue_at,
         } => {
-            let next = status::next(&StatusInputs {
-                current: credential.status.as_ref(),
-                generation: gathered.observed.generation,
-                secret_name: &credential.target_name(),
-                target: &gathered.observed.target,
-                failure: gathered.observed.failure.as_ref(),
+            let notes = match (&situation, &gathered.observed.target) {
+                (Situation::Ready, TargetState::Owned(Some(record))) => {
+                    restart_workloads(&credential, &namespace, record.issued_at, &ctx).await
+                }
+                _ => vec![],
+            };
+            let report = Report {
+                observed: &gathered.observed,
                 situation: &situation,
                 token,
-                now: gathered.observed.now,
-            });
-            observe(&credential, &next, &ctx);
-            if credential.status.as_ref() != Some(&next) {
-                announce_change(&credential, &situation, &ctx).await;
-                write_status(&credential, &namespace, &next, &ctx).await?;
-            }
+                notes: &notes,
+            };
+            write_report(&credential, &namespace, report, &ctx).await?;
             Ok(requeue_at_or(requeue_at, &ctx))
         }
     }
+}
+
+/// What the status is computed from.
+struct Report<'a> {
+    observed: &'a Observed,
+    situation: &'a Situation,
+    token: TokenHealth,
+    notes: &'a [String],
+}
+
+/// Computes the status, publishes it as metrics, and writes it when it changed.
+async fn write_report(
+    credential: &DsccCredential,
+    namespace: &str,
+    report: Report<'_>,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let next = status::next(&StatusInputs {
+        current: credential.status.as_ref(),
+        generation: report.observed.generation,
+        secret_name: &credential.target_name(),
+        target: &report.observed.target,
+        failure: report.observed.failure.as_ref(),
+        situation: report.situation,
+        token: report.token,
+        now: report.observed.now,
+        notes: report.notes,
+    });
+    observe(credential, &next, ctx);
+    if credential.status.as_ref() == Some(&next) {
+        return Ok(());
+    }
+    announce_change(credential, report.situation, ctx).await;
+    let api: Api<DsccCredential> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({
+        "apiVersion": "dscc.io/v1alpha1",
+        "kind": "DsccCredential",
+        "status": next,
+    });
+    api.patch_status(
+        &credential.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .context(|| format!("writing status of DsccCredential {}", credential.key()))?;
+    Ok(())
 }
 
 /// The inputs of a decision and the decision itself.
@@ -467,7 +516,7 @@ fn refresh_before(spec: &DsccCredentialSpec) -> RefreshBefore {
     }
 }
 
-/// Requests a token and writes it, or records the failure.
+/// Requests a token, verifies and writes it, or records the failure.
 async fn issue(
     credential: &DsccCredential,
     namespace: &str,
@@ -492,6 +541,11 @@ async fn issue(
     else {
         unreachable!("the planner issues only with client credentials and a valid token URL");
     };
+    let inputs = AttemptInputs {
+        generation: observed.generation,
+        client_secret_version: Some(version),
+        refresh_requested_at: observed.refresh_requested_at.clone(),
+    };
     let request = TokenRequest {
         token_url: &token_url,
         credentials: &credentials,
@@ -510,13 +564,33 @@ async fn issue(
     let token = match result {
         Ok(token) => token,
         Err(error) => {
-            let inputs = AttemptInputs {
-                generation: observed.generation,
-                client_secret_version: Some(version),
-                refresh_requested_at: observed.refresh_requested_at.clone(),
+            let failure = Failure {
+                reason: Reason::parse(error.reason()).unwrap_or(Reason::TokenEndpointUnavailable),
+                message: error.to_string(),
+                permanent: error.is_permanent(),
+                retry_after: error.retry_after(),
             };
-            return record_failure(credential, namespace, observed, inputs, &error, ctx).await;
+            return record_failure(credential, namespace, observed, inputs, failure, ctx).await;
         }
+    };
+
+    let verification = match credential.spec.dscc_api_url() {
+        Some(api_url) if credential.spec.verify => {
+            match dscc_api::verify(ctx.tokens.http(), api_url, &token.access_token).await {
+                Ok(verification) => Some(verification),
+                Err(error) => {
+                    let failure = Failure {
+                        reason: Reason::VerifyFailed,
+                        message: error.to_string(),
+                        permanent: error.is_permanent(),
+                        retry_after: None,
+                    };
+                    return record_failure(credential, namespace, observed, inputs, failure, ctx)
+                        .await;
+                }
+            }
+        }
+        _ => None,
     };
 
     let secret = target_secret::build(
@@ -524,6 +598,7 @@ async fn issue(
         &token,
         &fingerprint,
         observed.refresh_requested_at.as_deref(),
+        verification,
     );
     let target_name = credential.target_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
@@ -535,34 +610,6 @@ async fn issue(
         )
         .await
         .context(|| format!("writing target Secret {namespace}/{target_name}"))?;
-
-    observed.target = target_secret::observe(Some(&secret), credential);
-    observed.failure = None;
-    observed.jitter_seed = jitter_seed(
-        credential.metadata.uid.as_deref().unwrap_or_default(),
-        token.issued_at,
-    );
-    observed.now = ctx.clock.now();
-    let Plan::Report {
-        situation,
-        token: health,
-        requeue_at,
-    } = planner::plan(&observed)
-    else {
-        unreachable!("a token just written is current and fresh");
-    };
-    let next = status::next(&StatusInputs {
-        current: credential.status.as_ref(),
-        generation: observed.generation,
-        secret_name: &target_name,
-        target: &observed.target,
-        failure: None,
-        situation: &situation,
-        token: health,
-        now: observed.now,
-    });
-    write_status(credential, namespace, &next, ctx).await?;
-    observe(credential, &next, ctx);
     info!(expires_at = %token.expires_at, "token written to Secret {target_name}");
     let (event_reason, verb) = match reason {
         IssueReason::FirstToken => ("TokenIssued", "Issued"),
@@ -579,29 +626,47 @@ async fn issue(
         ctx,
     )
     .await;
-    // After every token, not only on a spec change: a new spec.target.name shows up as a
-    // missing target (or as a retry after a failure), and a crash can interrupt a clean-up.
-    remove_stale_targets(credential, namespace, &target_name, ctx).await?;
+    if matches!(reason, IssueReason::SpecChanged | IssueReason::FirstToken) {
+        remove_stale_targets(credential, namespace, &target_name, ctx).await?;
+    }
+    let notes = restart_workloads(credential, namespace, token.issued_at, ctx).await;
+
+    observed.target = target_secret::observe(Some(&secret), credential);
+    observed.failure = None;
+    observed.jitter_seed = jitter_seed(
+        credential.metadata.uid.as_deref().unwrap_or_default(),
+        token.issued_at,
+    );
+    observed.now = ctx.clock.now();
+    let Plan::Report {
+        situation,
+        token: health,
+        requeue_at,
+    } = planner::plan(&observed)
+    else {
+        unreachable!("a token just written is current and fresh");
+    };
+    let report = Report {
+        observed: &observed,
+        situation: &situation,
+        token: health,
+        notes: &notes,
+    };
+    write_report(credential, namespace, report, ctx).await?;
     Ok(requeue_at_or(requeue_at, ctx))
 }
 
+/// Records a failed attempt in the status, keeping the token in place.
 async fn record_failure(
     credential: &DsccCredential,
     namespace: &str,
     mut observed: Observed,
     inputs: AttemptInputs,
-    error: &TokenError,
+    failure: Failure,
     ctx: &Context,
 ) -> Result<Action, Error> {
     // Backoff and Retry-After count from the answer, not from when the request was planned.
     observed.now = ctx.clock.now();
-    let failure = Failure {
-        reason: crate::conditions::Reason::parse(error.reason())
-            .unwrap_or(crate::conditions::Reason::TokenEndpointUnavailable),
-        message: error.to_string(),
-        permanent: error.is_permanent(),
-        retry_after: error.retry_after(),
-    };
     let record = planner::after_failure(&observed, inputs, &failure, &ctx.settings.retry);
     warn!(
         reason = %failure.reason,
@@ -611,26 +676,21 @@ async fn record_failure(
         failure.message
     );
     observed.failure = Some(record);
-    let (situation, health, requeue_at) = match planner::plan(&observed) {
-        Plan::Report {
-            situation,
-            token,
-            requeue_at,
-        } => (situation, token, requeue_at),
-        Plan::Issue(_) => unreachable!("a failure just recorded waits for its retry time"),
+    let Plan::Report {
+        situation,
+        token,
+        requeue_at,
+    } = planner::plan(&observed)
+    else {
+        unreachable!("a failure just recorded waits for its retry time");
     };
-    let next = status::next(&StatusInputs {
-        current: credential.status.as_ref(),
-        generation: observed.generation,
-        secret_name: &credential.target_name(),
-        target: &observed.target,
-        failure: observed.failure.as_ref(),
+    let report = Report {
+        observed: &observed,
         situation: &situation,
-        token: health,
-        now: observed.now,
-    });
-    write_status(credential, namespace, &next, ctx).await?;
-    observe(credential, &next, ctx);
+        token,
+        notes: &[],
+    };
+    write_report(credential, namespace, report, ctx).await?;
     publish(
         credential,
         EventType::Warning,
@@ -642,6 +702,50 @@ async fn record_failure(
     Ok(requeue_at_or(requeue_at, ctx))
 }
 
+/// Restarts the credential's rollout restart targets that do not yet run with the token
+/// issued at `issued_at`; returns remarks for the Ready message about targets that could
+/// not be restarted (they never fail the token).
+async fn restart_workloads(
+    credential: &DsccCredential,
+    namespace: &str,
+    issued_at: Timestamp,
+    ctx: &Context,
+) -> Vec<String> {
+    let stamp = issued_at.to_string();
+    let mut notes = vec![];
+    for target in &credential.spec.rollout_restart_targets {
+        let what = format!("{:?} {}", target.kind, target.name);
+        let (note, event) = match rollout::restart(&ctx.client, namespace, target, &stamp).await {
+            Ok(RestartOutcome::UpToDate) => continue,
+            Ok(RestartOutcome::Restarted) => {
+                info!("restarted {what} for the new token");
+                let note = format!("Restarted {what} for the token issued at {stamp}");
+                publish(credential, EventType::Normal, "RolloutRestarted", note, ctx).await;
+                continue;
+            }
+            Ok(RestartOutcome::NotFound) => {
+                let note = format!("rollout restart target {what} not found in {namespace}");
+                (note, "RolloutRestartTargetNotFound")
+            }
+            Err(error) => {
+                let note = format!("could not restart {what}: {error}");
+                (note, "RolloutRestartFailed")
+            }
+        };
+        let already_reported = credential
+            .status
+            .as_ref()
+            .and_then(|s| crate::conditions::find(&s.conditions, crate::conditions::READY))
+            .is_some_and(|c| c.message.contains(&note));
+        if !already_reported {
+            warn!("{note}");
+            publish(credential, EventType::Warning, event, note.clone(), ctx).await;
+        }
+        notes.push(note);
+    }
+    notes
+}
+
 /// Tells in an Event what a status-only change means, once, when it first appears.
 async fn announce_change(credential: &DsccCredential, situation: &Situation, ctx: &Context) {
     let current_reason = credential
@@ -651,10 +755,7 @@ async fn announce_change(credential: &DsccCredential, situation: &Situation, ctx
         .map(|c| c.reason.clone());
     let (reason, message) = match situation {
         Situation::Blocked { reason, message } => (*reason, message.clone()),
-        Situation::Suspended => (
-            crate::conditions::Reason::Suspended,
-            "Renewals are suspended".to_owned(),
-        ),
+        Situation::Suspended => (Reason::Suspended, "Renewals are suspended".to_owned()),
         _ => return,
     };
     if current_reason.as_deref() != Some(reason.as_str()) {
@@ -708,28 +809,6 @@ fn ignore_not_found(error: kube::Error) -> Result<(), kube::Error> {
         kube::Error::Api(status) if status.code == 404 => Ok(()),
         _ => Err(error),
     }
-}
-
-async fn write_status(
-    credential: &DsccCredential,
-    namespace: &str,
-    status: &DsccCredentialStatus,
-    ctx: &Context,
-) -> Result<(), Error> {
-    let api: Api<DsccCredential> = Api::namespaced(ctx.client.clone(), namespace);
-    let patch = json!({
-        "apiVersion": "dscc.io/v1alpha1",
-        "kind": "DsccCredential",
-        "status": status,
-    });
-    api.patch_status(
-        &credential.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .context(|| format!("writing status of DsccCredential {}", credential.key()))?;
-    Ok(())
 }
 
 async fn publish(
@@ -790,6 +869,9 @@ mod tests {
             refresh_before: None,
             refresh_before_percentage: None,
             target: TargetSpec::default(),
+            api_url: None,
+            verify: false,
+            rollout_restart_targets: vec![],
             suspend: false,
         }
     }

@@ -10,13 +10,16 @@
 //! - [`target_secret`]: the Secret the token is written to.
 //! - [`controller`]: the Kubernetes wiring that gathers inputs and carries out the plan.
 //! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
+//! - [`dscc_api`]: the probe that verifies a new token; [`rollout`]: workload restarts.
 
 pub mod api;
 pub mod conditions;
 pub mod controller;
+pub mod dscc_api;
 pub mod http;
 pub mod metrics;
 pub mod planner;
+pub mod rollout;
 pub mod schedule;
 pub mod status;
 pub mod target_secret;

@@ -12,6 +12,7 @@ use k8s_openapi::jiff::{RoundMode, SignedDuration, Timestamp, TimestampRound, Un
 
 use crate::api::AttemptInputs;
 use crate::conditions::Reason;
+use crate::dscc_api::Verification;
 use crate::schedule::{RefreshBefore, RetryPolicy, renewal_time};
 
 /// Everything the decision depends on.
@@ -84,6 +85,8 @@ pub struct TokenRecord {
     pub refresh_requested_at: Option<String>,
     /// Whether the token data is still as written (not edited by someone else).
     pub data_intact: bool,
+    /// What the DSCC API said about the token, when `spec.verify` is on.
+    pub verification: Option<Verification>,
 }
 
 /// The failure bookkeeping kept in the status.
@@ -430,6 +433,7 @@ mod tests {
             credentials_fingerprint: "fp-1".into(),
             refresh_requested_at: None,
             data_intact: true,
+            verification: None,
         }
     }
 

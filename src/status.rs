@@ -5,6 +5,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::DsccCredentialStatus;
 use crate::conditions::{self, Reason};
+use crate::dscc_api::Verification;
 use crate::planner::{FailureRecord, Situation, TargetState, TokenHealth};
 
 /// The failure bookkeeping stored in `status`, if the last attempt failed.
@@ -25,7 +26,9 @@ pub fn failure_record(status: Option<&DsccCredentialStatus>) -> Option<FailureRe
         inputs: status.last_failed_attempt.clone().unwrap_or_default(),
         reason,
         message: status.last_failure_message.clone().unwrap_or_default(),
-        permanent: reason.is_permanent(),
+        // A permanent failure is the one that stalled the credential.
+        permanent: conditions::find(&status.conditions, conditions::STALLED)
+            .is_some_and(|c| c.reason == reason.as_str()),
     })
 }
 
@@ -47,6 +50,9 @@ pub struct StatusInputs<'a> {
     pub token: TokenHealth,
     /// The current time.
     pub now: Timestamp,
+    /// Remarks for the Ready message that do not change readiness (e.g. a missing rollout
+    /// restart target).
+    pub notes: &'a [String],
 }
 
 /// The status that describes `inputs`. Unchanged conditions keep their transition times, so
@@ -56,11 +62,23 @@ pub fn next(inputs: &StatusInputs<'_>) -> DsccCredentialStatus {
         .current
         .map(|s| s.conditions.as_slice())
         .unwrap_or(&[]);
-    let desired = conditions::describe(inputs.situation, inputs.token);
     let record = match inputs.target {
         TargetState::Owned(Some(record)) if record.data_intact => Some(record),
         _ => None,
     };
+    let mut desired = conditions::describe(inputs.situation, inputs.token);
+    let mut notes: Vec<&str> = inputs.notes.iter().map(String::as_str).collect();
+    if record.is_some_and(|r| r.verification == Some(Verification::Forbidden)) {
+        notes.push(
+            "the DSCC API accepts the token but denied reading audit events (HTTP 403): the \
+             API client lacks that permission",
+        );
+    }
+    if let Some(ready) = desired.iter_mut().find(|d| d.type_ == conditions::READY)
+        && !notes.is_empty()
+    {
+        ready.message = format!("{}; {}", ready.message, notes.join("; "));
+    }
     let renewal_time = match (inputs.situation, inputs.token) {
         (Situation::Ready, TokenHealth::Valid { renewal, .. }) => Some(Time(renewal)),
         _ => None,
@@ -100,6 +118,7 @@ mod tests {
             credentials_fingerprint: "fp".into(),
             refresh_requested_at: None,
             data_intact: true,
+            verification: None,
         }))
     }
 
@@ -139,6 +158,7 @@ mod tests {
             situation: &Situation::Ready,
             token: valid(),
             now: at(10),
+            notes: &[],
         });
         assert_eq!(status.secret_name.as_deref(), Some("reports-token"));
         assert_eq!(status.expires_at, Some(Time(at(7200))));
@@ -166,6 +186,7 @@ mod tests {
             situation: &situation,
             token: valid(),
             now: at(4810),
+            notes: &[],
         });
         assert_eq!(failure_record(Some(&status)), Some(failure));
     }
@@ -182,10 +203,39 @@ mod tests {
             situation: &Situation::Ready,
             token: valid(),
             now: at(10),
+            notes: &[],
         };
         let first = next(&inputs(None));
         let mut later = inputs(Some(&first));
         later.now = at(500);
         assert_eq!(next(&later), first);
+    }
+
+    #[test]
+    fn a_forbidden_verification_and_notes_are_said_in_the_ready_message() {
+        let TargetState::Owned(Some(mut record)) = owned() else {
+            unreachable!()
+        };
+        record.verification = Some(Verification::Forbidden);
+        let target = TargetState::Owned(Some(record));
+        let notes = ["rollout restart target Deployment reporter not found in storage".to_owned()];
+        let status = next(&StatusInputs {
+            current: None,
+            generation: 1,
+            secret_name: "reports-token",
+            target: &target,
+            failure: None,
+            situation: &Situation::Ready,
+            token: valid(),
+            now: at(10),
+            notes: &notes,
+        });
+        let ready = &status.conditions[0];
+        assert_eq!(
+            ready.status, "True",
+            "neither note makes the credential unready"
+        );
+        assert!(ready.message.contains("HTTP 403"), "{}", ready.message);
+        assert!(ready.message.contains("Deployment reporter not found"));
     }
 }

@@ -15,6 +15,7 @@ use kube::Resource;
 use sha2::{Digest, Sha256};
 
 use crate::api::{CREDENTIAL_LABEL, DsccCredential, MANAGED_BY_LABEL, MANAGER, TargetKeys};
+use crate::dscc_api::Verification;
 use crate::planner::{TargetState, TokenRecord};
 use crate::token::{ClientCredentials, IssuedToken};
 
@@ -30,6 +31,8 @@ pub const CREDENTIALS_HASH: &str = "dscc.io/credentials-hash";
 pub const DATA_HASH: &str = "dscc.io/data-hash";
 /// Annotation: the manual refresh request this token answered.
 pub const REFRESH_ANSWERED: &str = "dscc.io/refresh-requested-at";
+/// Annotation: what the DSCC API said about the token (with `spec.verify`).
+pub const VERIFIED: &str = "dscc.io/verified";
 
 /// A one-way fingerprint of a client id and secret, safe to store and compare.
 pub fn credentials_fingerprint(credentials: &ClientCredentials) -> String {
@@ -118,9 +121,10 @@ pub fn build(
     token: &IssuedToken,
     credentials_fingerprint: &str,
     refresh_answered: Option<&str>,
+    verification: Option<Verification>,
 ) -> Secret {
     let spec = &credential.spec;
-    let api_url = spec.region.map(|r| r.api_url());
+    let api_url = spec.dscc_api_url();
     let data = token_data(&spec.target.keys, token, api_url);
     let hash = data_hash(&spec.target.keys, |k| data.get(k).map(|v| v.as_bytes()));
 
@@ -146,6 +150,9 @@ pub fn build(
     annotations.insert(DATA_HASH.into(), hash);
     if let Some(value) = refresh_answered {
         annotations.insert(REFRESH_ANSWERED.into(), value.into());
+    }
+    if let Some(verification) = verification {
+        annotations.insert(VERIFIED.into(), verification.as_str().into());
     }
 
     Secret {
@@ -208,6 +215,9 @@ fn read_record(secret: &Secret, keys: &TargetKeys) -> Option<TokenRecord> {
         credentials_fingerprint: annotations.get(CREDENTIALS_HASH)?.clone(),
         refresh_requested_at: annotations.get(REFRESH_ANSWERED).cloned(),
         data_intact: annotations.get(DATA_HASH) == Some(&actual_hash),
+        verification: annotations
+            .get(VERIFIED)
+            .and_then(|v| Verification::parse(v)),
     })
 }
 
@@ -233,6 +243,9 @@ mod tests {
                 refresh_before: None,
                 refresh_before_percentage: None,
                 target,
+                api_url: None,
+                verify: false,
+                rollout_restart_targets: vec![],
                 suspend: false,
             },
         );
@@ -272,6 +285,7 @@ mod tests {
             &token(),
             "sha256:fp",
             None,
+            None,
         );
         let data = string_data(&secret);
         assert_eq!(data["access_token"], "eyJ.secret-token.sig");
@@ -293,7 +307,7 @@ mod tests {
         target.keys.access_token = "TOKEN".into();
         target.keys.authorization = "".into();
         target.keys.api_url = "".into();
-        let secret = build(&credential(target), &token(), "sha256:fp", None);
+        let secret = build(&credential(target), &token(), "sha256:fp", None, None);
         let data = string_data(&secret);
         assert_eq!(
             data.keys().collect::<Vec<_>>(),
@@ -310,7 +324,7 @@ mod tests {
             annotations: [("note".to_string(), "x".to_string())].into(),
             ..TargetSpec::default()
         };
-        let secret = build(&credential(target), &token(), "sha256:fp", Some("r1"));
+        let secret = build(&credential(target), &token(), "sha256:fp", Some("r1"), None);
         let labels = secret.metadata.labels.clone().unwrap();
         assert_eq!(labels[MANAGED_BY_LABEL], "dscc-token-operator");
         assert_eq!(labels[CREDENTIAL_LABEL], "array-reports");
@@ -328,7 +342,7 @@ mod tests {
     #[test]
     fn reads_back_the_record_it_wrote() {
         let credential = credential(TargetSpec::default());
-        let secret = build(&credential, &token(), "sha256:fp", Some("r1"));
+        let secret = build(&credential, &token(), "sha256:fp", Some("r1"), None);
         let TargetState::Owned(Some(record)) = observe(Some(&secret), &credential) else {
             panic!("our own Secret must read back as owned with a record");
         };
@@ -338,12 +352,24 @@ mod tests {
         assert_eq!(record.credentials_fingerprint, "sha256:fp");
         assert_eq!(record.refresh_requested_at.as_deref(), Some("r1"));
         assert!(record.data_intact);
+        assert_eq!(record.verification, None);
+    }
+
+    #[test]
+    fn reads_back_what_the_dscc_api_said_about_the_token() {
+        let credential = credential(TargetSpec::default());
+        let verification = Some(Verification::Forbidden);
+        let secret = build(&credential, &token(), "sha256:fp", None, verification);
+        assert!(matches!(
+            observe(Some(&secret), &credential),
+            TargetState::Owned(Some(r)) if r.verification == verification
+        ));
     }
 
     #[test]
     fn notices_edited_token_data() {
         let credential = credential(TargetSpec::default());
-        let mut secret = build(&credential, &token(), "sha256:fp", None);
+        let mut secret = build(&credential, &token(), "sha256:fp", None, None);
         secret
             .data
             .as_mut()
@@ -358,7 +384,7 @@ mod tests {
     #[test]
     fn an_extra_key_added_by_someone_else_is_not_an_edit() {
         let credential = credential(TargetSpec::default());
-        let mut secret = build(&credential, &token(), "sha256:fp", None);
+        let mut secret = build(&credential, &token(), "sha256:fp", None, None);
         secret
             .data
             .as_mut()
@@ -372,7 +398,7 @@ mod tests {
     #[test]
     fn a_secret_without_our_controller_reference_is_foreign() {
         let credential = credential(TargetSpec::default());
-        let mut secret = build(&credential, &token(), "sha256:fp", None);
+        let mut secret = build(&credential, &token(), "sha256:fp", None, None);
         secret.metadata.owner_references = None;
         assert!(matches!(
             observe(Some(&secret), &credential),

@@ -502,6 +502,12 @@ impl TokenClient {
         })
     }
 
+    /// The HTTP client, with this client's CA trust, proxy and timeouts, for other calls
+    /// made with a token (the DSCC API probe).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Runs one client credentials exchange; `now`, rounded down to a whole second, becomes
     /// the token's `issued_at`.
     ///
