@@ -28,7 +28,7 @@ use crate::http::Readiness;
 use crate::metrics::{CredentialLabels, Metrics};
 use crate::planner::{
     self, ClientSecretState, Failure, IssueReason, Observed, Plan, Situation, TargetState,
-    TokenHealth,
+    TokenHealth, TokenRecord,
 };
 use crate::rollout::{self, RestartOutcome};
 use crate::schedule::{RefreshBefore, RetryPolicy, jitter_seed, parse_duration};
@@ -304,7 +304,7 @@ async fn reconcile_credential(
         } => {
             let notes = match (&situation, &gathered.observed.target) {
                 (Situation::Ready, TargetState::Owned(Some(record))) => {
-                    restart_workloads(&credential, &namespace, record.issued_at, &ctx).await
+                    restart_workloads(&credential, &namespace, record, &ctx).await
                 }
                 _ => vec![],
             };
@@ -626,12 +626,16 @@ async fn issue(
         ctx,
     )
     .await;
-    if matches!(reason, IssueReason::SpecChanged | IssueReason::FirstToken) {
-        remove_stale_targets(credential, namespace, &target_name, ctx).await?;
-    }
-    let notes = restart_workloads(credential, namespace, token.issued_at, ctx).await;
-
+    // After every token, not only on a spec change: a new spec.target.name shows up as a
+    // missing target (or as a retry after a failure), and a crash can interrupt a clean-up.
+    remove_stale_targets(credential, namespace, &target_name, ctx).await?;
     observed.target = target_secret::observe(Some(&secret), credential);
+    let notes = match &observed.target {
+        TargetState::Owned(Some(record)) => {
+            restart_workloads(credential, namespace, record, ctx).await
+        }
+        _ => vec![],
+    };
     observed.failure = None;
     observed.jitter_seed = jitter_seed(
         credential.metadata.uid.as_deref().unwrap_or_default(),
@@ -702,16 +706,16 @@ async fn record_failure(
     Ok(requeue_at_or(requeue_at, ctx))
 }
 
-/// Restarts the credential's rollout restart targets that do not yet run with the token
-/// issued at `issued_at`; returns remarks for the Ready message about targets that could
-/// not be restarted (they never fail the token).
+/// Restarts the credential's rollout restart targets that do not yet run with the token of
+/// `record`; returns remarks for the Ready message about targets that could not be
+/// restarted (they never fail the token).
 async fn restart_workloads(
     credential: &DsccCredential,
     namespace: &str,
-    issued_at: Timestamp,
+    record: &TokenRecord,
     ctx: &Context,
 ) -> Vec<String> {
-    let stamp = issued_at.to_string();
+    let stamp = rollout::stamp(record);
     let mut notes = vec![];
     for target in &credential.spec.rollout_restart_targets {
         let what = format!("{:?} {}", target.kind, target.name);

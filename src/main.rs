@@ -333,7 +333,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("became leader; reconciling");
     readiness.set(false);
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::spawn({
+    let lost_watch = tokio::spawn({
         let lost = lost.clone();
         let stop_sender = stop_sender.clone();
         let mut leader = leader.clone();
@@ -345,8 +345,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     controller::run(ctx, stop, readiness).await;
-    // Dropping the last receiver makes the lease manager release the Lease, so a standby
-    // replica takes over at once instead of after the lease duration.
+    // Dropping the last receiver (the watch task holds a clone) makes the lease manager
+    // release the Lease, so a standby takes over at once instead of after the lease duration.
+    lost_watch.abort();
+    let _ = lost_watch.await;
     drop(leader);
     match lease_task.await {
         Ok(Ok(_)) => tracing::info!("released the leader-election Lease"),

@@ -85,6 +85,9 @@ pub struct TokenRecord {
     pub refresh_requested_at: Option<String>,
     /// Whether the token data is still as written (not edited by someone else).
     pub data_intact: bool,
+    /// A one-way hash of the token data as written: tells two tokens apart, even two issued
+    /// in the same second.
+    pub token_hash: String,
     /// What the DSCC API said about the token, when `spec.verify` is on.
     pub verification: Option<Verification>,
 }
@@ -433,6 +436,7 @@ mod tests {
             credentials_fingerprint: "fp-1".into(),
             refresh_requested_at: None,
             data_intact: true,
+            token_hash: "sha256:0123456789abcdef".into(),
             verification: None,
         }
     }

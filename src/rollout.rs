@@ -1,6 +1,6 @@
 //! Rollout restarts of workloads that read the token only at start.
 //!
-//! Each target's pod template carries `dscc.io/restartedAt: <issue time of the token>`. A
+//! Each target's pod template carries `dscc.io/restartedAt: <the token's stamp>`. A
 //! target whose annotation already names the current token is left alone, so a workload is
 //! restarted once per new token, and an operator restart restarts nothing.
 
@@ -10,9 +10,17 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use crate::api::{MANAGER, RolloutRestartTarget, WorkloadKind};
+use crate::planner::TokenRecord;
 
 /// Pod template annotation that triggers and records a restart.
 pub const RESTARTED_AT: &str = "dscc.io/restartedAt";
+
+/// The restart stamp of a token: its issue time, readable, and a short piece of its hash,
+/// because two tokens can be issued within the same second.
+pub fn stamp(record: &TokenRecord) -> String {
+    let hash = record.token_hash.trim_start_matches("sha256:");
+    format!("{} {}", record.issued_at, &hash[..hash.len().min(8)])
+}
 
 /// What happened to one target.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +89,23 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(current_stamp(&bare), None);
+    }
+
+    #[test]
+    fn two_tokens_issued_in_the_same_second_get_different_stamps() {
+        let record = |hash: &str| TokenRecord {
+            issued_at: "2026-11-25T10:00:00Z".parse().unwrap(),
+            expires_at: "2026-11-25T12:00:00Z".parse().unwrap(),
+            generation: 1,
+            credentials_fingerprint: "sha256:fp".into(),
+            refresh_requested_at: None,
+            data_intact: true,
+            token_hash: hash.into(),
+            verification: None,
+        };
+        let first = stamp(&record("sha256:0a1b2c3d4e5f"));
+        assert_eq!(first, "2026-11-25T10:00:00Z 0a1b2c3d");
+        assert_ne!(first, stamp(&record("sha256:ffeeddccbbaa")));
     }
 
     #[test]

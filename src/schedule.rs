@@ -23,7 +23,7 @@ const JITTER_FRACTION: f64 = 0.05;
 /// The time to request the next token for a token valid from `issued_at` to `expires_at`.
 ///
 /// The jitter spreads renewals of many credentials over up to 5% of the lifetime, and only
-/// ever moves the renewal earlier. It is derived from `jitter_seed`, so the same token gets
+/// ever moves the renewal earlier; the result is rounded down to a whole second. It is derived from `jitter_seed`, so the same token gets
 /// the same renewal time after an operator restart.
 pub fn renewal_time(
     issued_at: Timestamp,
@@ -44,8 +44,10 @@ pub fn renewal_time(
     };
     let jitter = lifetime.mul_f64(JITTER_FRACTION * unit_interval(jitter_seed));
     let renewal = expires_at - before - jitter;
-    // Never before the token was issued: with refreshBeforePercentage 99 and full jitter
-    // the arithmetic could land there.
+    // Whole seconds, rounded down (earlier is safe): Kubernetes times hold no fractions and
+    // the status, the metrics and the requeue must agree. Never before the token was issued:
+    // with refreshBeforePercentage 99 and full jitter the arithmetic could land there.
+    let renewal = Timestamp::from_second(renewal.as_second()).unwrap_or(renewal);
     renewal.max(issued_at)
 }
 
@@ -192,7 +194,9 @@ mod tests {
                 let renewal = renewal_time(at(0), at(lifetime), refresh, seed);
                 assert!(renewal <= planned, "jitter moved renewal later");
                 let earlier_by = planned.duration_since(renewal).as_secs_f64();
-                assert!(earlier_by <= lifetime as f64 * 0.05 + 1e-6);
+                // 5% of the lifetime, plus the rounding down to a whole second.
+                assert!(earlier_by < lifetime as f64 * 0.05 + 1.0);
+                assert_eq!(renewal.subsec_nanosecond(), 0);
                 earliest = earliest.min(renewal);
             }
             // The spread is real: some seed moves it by more than 4% of the lifetime.

@@ -118,6 +118,7 @@ mod tests {
             credentials_fingerprint: "fp".into(),
             refresh_requested_at: None,
             data_intact: true,
+            token_hash: "sha256:0123456789abcdef".into(),
             verification: None,
         }))
     }

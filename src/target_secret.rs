@@ -215,6 +215,7 @@ fn read_record(secret: &Secret, keys: &TargetKeys) -> Option<TokenRecord> {
         credentials_fingerprint: annotations.get(CREDENTIALS_HASH)?.clone(),
         refresh_requested_at: annotations.get(REFRESH_ANSWERED).cloned(),
         data_intact: annotations.get(DATA_HASH) == Some(&actual_hash),
+        token_hash: annotations.get(DATA_HASH)?.clone(),
         verification: annotations
             .get(VERIFIED)
             .and_then(|v| Verification::parse(v)),

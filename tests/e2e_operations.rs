@@ -1,0 +1,381 @@
+//! End-to-end tests of what production operation relies on: metrics, leader election,
+//! rollout restarts and verification, against the real control plane.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use serde_json::json;
+use support::dscc_api::DsccApi;
+use support::harness::{TestEnv, wait_until};
+use support::operator::Operator;
+
+const READY: Duration = Duration::from_secs(30);
+
+/// The value of the metric line that starts with `series`, if present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+async fn scrape(operator: &Operator) -> String {
+    let address = operator.address("metrics_address");
+    reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .expect("scrape /metrics")
+        .text()
+        .await
+        .expect("the metrics text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_the_token_and_disappear_with_the_credential() {
+    let env = TestEnv::new("metrics").await;
+    env.put_client_secret("client").await;
+    let operator = env.start_operator(&[]);
+    env.create_credential("reports", env.spec("client"))
+        .await
+        .expect("create the credential");
+    let credential = env.wait_ready("reports").await;
+    let status = credential.status.expect("status");
+    let expires_at = status.expires_at.expect("expiresAt").0;
+    let renewal = status.renewal_time.expect("renewalTime").0;
+
+    let labels = format!("{{namespace=\"{}\",name=\"reports\"", env.namespace);
+    let text = scrape(&operator).await;
+    let expiration = metric(
+        &text,
+        &format!("dscc_token_expiration_timestamp_seconds{labels}}}"),
+    );
+    assert_eq!(expiration, Some(expires_at.as_second() as f64), "{text}");
+    let renewal_metric = metric(
+        &text,
+        &format!("dscc_token_renewal_timestamp_seconds{labels}}}"),
+    );
+    assert_eq!(
+        renewal_metric,
+        Some(renewal.as_millisecond() as f64 / 1000.0)
+    );
+    let ready_true = format!("dscc_credential_ready_status{labels},condition=\"True\"}}");
+    assert_eq!(metric(&text, &ready_true), Some(1.0));
+    let host = "host=\"127.0.0.1\",result=\"success\"";
+    assert_eq!(
+        metric(&text, &format!("dscc_token_requests_total{{{host}}}")),
+        Some(1.0)
+    );
+    assert!(text.contains("dscc_reconcile_total{result=\"success\"}"));
+    assert!(text.contains("dscc_build_info{version=\""));
+
+    // A failure flips the one-hot ready gauge.
+    env.put_secret("client", &[("client_id", &env.client_id)])
+        .await;
+    env.wait_for_condition(
+        "reports",
+        "Ready",
+        "False",
+        Some("ClientSecretKeyMissing"),
+        READY,
+    )
+    .await;
+    let ready_false = format!("dscc_credential_ready_status{labels},condition=\"False\"}}");
+    wait_until("the ready gauge to flip", READY, || async {
+        let text = scrape(&operator).await;
+        (metric(&text, &ready_false) == Some(1.0) && metric(&text, &ready_true) == Some(0.0))
+            .then_some(())
+    })
+    .await;
+
+    env.api::<dscc_token_operator::api::DsccCredential>()
+        .delete("reports", &DeleteParams::default())
+        .await
+        .expect("delete the credential");
+    wait_until("the credential's series to disappear", READY, || async {
+        let text = scrape(&operator).await;
+        (!text.contains(&labels)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_answer_and_ready_follows_the_watches() {
+    let env = TestEnv::new("health").await;
+    let operator = env.start_operator(&[]);
+    let address = operator.address("health_address");
+    let healthz = reqwest::get(format!("http://{address}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+    wait_until("/readyz to answer 200", READY, || async {
+        let readyz = reqwest::get(format!("http://{address}/readyz"))
+            .await
+            .ok()?;
+        (readyz.status() == 200).then_some(())
+    })
+    .await;
+}
+
+/// How many token requests an operator has logged.
+fn requested_tokens(operator: &Operator) -> usize {
+    operator.logs().matches("requesting a token").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_requests_tokens_and_a_standby_takes_over() {
+    let env = TestEnv::new("leader").await;
+    env.endpoint.set_lifetime(Duration::from_secs(9));
+    env.put_client_secret("client").await;
+    let election = [
+        "--leader-election",
+        &format!("--leader-election-namespace={}", env.namespace),
+        "--leader-election-lease-duration=4s",
+    ];
+    let mut first = env.start_operator(&election);
+    wait_until("the first operator to lead", READY, || async {
+        first.logs().contains("became leader").then_some(())
+    })
+    .await;
+    let mut second = env.start_operator(&election);
+    env.create_credential("reports", env.spec("client"))
+        .await
+        .expect("create the credential");
+    env.wait_ready("reports").await;
+    // Two renewals under the first leader.
+    let token = env.wait_for_new_token("reports-token", None, READY).await;
+    let token = env
+        .wait_for_new_token("reports-token", Some(&token), READY)
+        .await;
+    assert!(requested_tokens(&first) >= 2);
+    assert_eq!(
+        requested_tokens(&second),
+        0,
+        "the standby must not request tokens"
+    );
+    assert!(second.logs().contains("waiting for leadership"));
+
+    let lease: Lease = env.api::<Lease>().get("dscc-token-operator").await.unwrap();
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert!(!holder.is_empty(), "the Lease names its holder");
+
+    // The leader dies without releasing the Lease: the standby takes over within the lease
+    // duration, and renewals go on.
+    first.kill();
+    wait_until("the standby to take over", READY, || async {
+        second.logs().contains("became leader").then_some(())
+    })
+    .await;
+    let token = env
+        .wait_for_new_token("reports-token", Some(&token), READY)
+        .await;
+    env.wait_for_new_token("reports-token", Some(&token), READY)
+        .await;
+    assert!(requested_tokens(&second) >= 2, "the new leader renews");
+
+    // No double issue: never two token requests close together.
+    let requests = env.endpoint.requests();
+    for pair in requests.windows(2) {
+        let gap = pair[1].received_at.duration_since(pair[0].received_at);
+        assert!(
+            gap > Duration::from_secs(2),
+            "two token requests {gap:?} apart"
+        );
+    }
+
+    // A leader that is stopped releases the Lease at once.
+    second.stop();
+    assert!(second.logs().contains("released the leader-election Lease"));
+    let lease: Lease = env.api::<Lease>().get("dscc-token-operator").await.unwrap();
+    let holder = lease.spec.and_then(|s| s.holder_identity);
+    assert!(
+        holder.as_deref().is_none_or(str::is_empty),
+        "released, got {holder:?}"
+    );
+}
+
+async fn create_deployment(env: &TestEnv, name: &str) {
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+            }
+        }
+    }))
+    .expect("a Deployment");
+    env.api::<Deployment>()
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create the Deployment");
+}
+
+async fn replica_sets(env: &TestEnv, app: &str) -> usize {
+    env.api::<ReplicaSet>()
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .expect("list ReplicaSets")
+        .items
+        .len()
+}
+
+async fn restart_stamp(env: &TestEnv, name: &str) -> Option<String> {
+    let deployment = env.api::<Deployment>().get(name).await.ok()?;
+    deployment
+        .spec?
+        .template
+        .metadata?
+        .annotations?
+        .get("dscc.io/restartedAt")
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_is_rolled_out_once_per_new_token() {
+    let env = TestEnv::new("rollout").await;
+    env.put_client_secret("client").await;
+    create_deployment(&env, "reporter").await;
+    wait_until("the first ReplicaSet", READY, || async {
+        (replica_sets(&env, "reporter").await == 1).then_some(())
+    })
+    .await;
+    let mut operator = env.start_operator(&[]);
+    let mut spec = env.spec("client");
+    spec["rolloutRestartTargets"] = json!([
+        {"kind": "Deployment", "name": "reporter"},
+        {"kind": "StatefulSet", "name": "absent"}
+    ]);
+    env.create_credential("reports", spec)
+        .await
+        .expect("create the credential");
+    let credential = env.wait_ready("reports").await;
+    let issued_at = credential.status.unwrap().issued_at.unwrap().0.to_string();
+    let first_hash = env
+        .secret("reports-token")
+        .await
+        .and_then(|s| s.metadata.annotations?.get("dscc.io/data-hash").cloned())
+        .expect("the token's hash");
+
+    wait_until("a new ReplicaSet for the first token", READY, || async {
+        (replica_sets(&env, "reporter").await == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        restart_stamp(&env, "reporter").await,
+        Some(format!(
+            "{issued_at} {}",
+            &first_hash["sha256:".len()..][..8]
+        )),
+        "the stamp names the token: its issue time and a piece of its hash"
+    );
+
+    // The missing target is reported without failing the token.
+    let credential = env
+        .wait_for_condition("reports", "Ready", "True", Some("TokenIssued"), READY)
+        .await;
+    let ready = credential.status.unwrap().conditions[0].message.clone();
+    assert!(ready.contains("StatefulSet absent not found"), "{ready}");
+    let events = env.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("RolloutRestartTargetNotFound"))
+    );
+
+    // A new token: exactly one more rollout.
+    env.patch_credential(
+        "reports",
+        json!({"metadata": {"annotations": {"dscc.io/refresh-requested-at": "one"}}}),
+    )
+    .await;
+    let old = env.endpoint.issued_tokens()[0].clone();
+    env.wait_for_new_token("reports-token", Some(&old), READY)
+        .await;
+    wait_until("a new ReplicaSet for the second token", READY, || async {
+        (replica_sets(&env, "reporter").await == 3).then_some(())
+    })
+    .await;
+    let stamp = restart_stamp(&env, "reporter").await;
+
+    // An operator restart restarts nothing.
+    operator.restart();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(replica_sets(&env, "reporter").await, 3);
+    assert_eq!(restart_stamp(&env, "reporter").await, stamp);
+    assert_eq!(env.endpoint.request_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_follows_what_the_dscc_api_says_about_the_token() {
+    let env = TestEnv::new("verify").await;
+    let api = DsccApi::start().await;
+    env.put_client_secret("client").await;
+    let _operator = env.start_operator(&[]);
+    let mut spec = env.spec("client");
+    spec["verify"] = json!(true);
+    spec["apiUrl"] = json!(api.url());
+    env.create_credential("reports", spec)
+        .await
+        .expect("create the credential");
+
+    // 200: Ready, the probe saw the new token, and the Secret records it.
+    env.wait_ready("reports").await;
+    let first = env
+        .secret_value("reports-token", "access_token")
+        .await
+        .unwrap();
+    assert_eq!(api.tokens_seen(), std::slice::from_ref(&first));
+    assert_eq!(
+        env.secret_value("reports-token", "api_url").await,
+        Some(api.url())
+    );
+
+    // 401: the new token is refused, the old one stays, Ready=False VerifyFailed.
+    api.answer(401);
+    env.patch_credential(
+        "reports",
+        json!({"metadata": {"annotations": {"dscc.io/refresh-requested-at": "r1"}}}),
+    )
+    .await;
+    let credential = env
+        .wait_for_condition("reports", "Ready", "False", Some("VerifyFailed"), READY)
+        .await;
+    let stalled = credential.status.unwrap().conditions;
+    assert!(
+        stalled
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.reason == "VerifyFailed")
+    );
+    assert_eq!(
+        env.secret_value("reports-token", "access_token").await,
+        Some(first.clone()),
+        "the rejected token must not replace the old one"
+    );
+
+    // 403: valid token without that permission: Ready, with the reason in the message.
+    api.answer(403);
+    env.patch_credential(
+        "reports",
+        json!({"metadata": {"annotations": {"dscc.io/refresh-requested-at": "r2"}}}),
+    )
+    .await;
+    let credential = env
+        .wait_for_condition("reports", "Ready", "True", Some("TokenIssued"), READY)
+        .await;
+    let message = credential.status.unwrap().conditions[0].message.clone();
+    assert!(message.contains("HTTP 403"), "{message}");
+    assert_ne!(
+        env.secret_value("reports-token", "access_token").await,
+        Some(first)
+    );
+}
