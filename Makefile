@@ -59,3 +59,9 @@ demo-down:
 	@pkill -f 'dscc-token-operator run --allow-insecure-token-url' || true
 	@pkill -f 'examples/token_endpoint --port 0' || true
 	@testenv/cluster.sh down $(HOME)/.cache/dscc-token-operator/demo/cluster
+
+.PHONY: crds
+## crds: regenerate the CRD from src/api.rs into crds/ and the chart (tests check both)
+crds:
+	$(CARGO) run --quiet -- crd > crds/dscc.io_dscccredentials.yaml
+	cp crds/dscc.io_dscccredentials.yaml charts/dscc-token-operator/crds/

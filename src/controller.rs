@@ -304,6 +304,7 @@ async fn reconcile_credential(
         } => {
             let notes = match (&situation, &gathered.observed.target) {
                 (Situation::Ready, TargetState::Owned(Some(record))) => {
+                    remove_stale_targets_if_renamed(&credential, &namespace, &ctx).await?;
                     restart_workloads(&credential, &namespace, record, &ctx).await
                 }
                 _ => vec![],
@@ -626,9 +627,7 @@ async fn issue(
         ctx,
     )
     .await;
-    // After every token, not only on a spec change: a new spec.target.name shows up as a
-    // missing target (or as a retry after a failure), and a crash can interrupt a clean-up.
-    remove_stale_targets(credential, namespace, &target_name, ctx).await?;
+    remove_stale_targets_if_renamed(credential, namespace, ctx).await?;
     observed.target = target_secret::observe(Some(&secret), credential);
     let notes = match &observed.target {
         TargetState::Owned(Some(record)) => {
@@ -770,6 +769,25 @@ async fn announce_change(credential: &DsccCredential, situation: &Situation, ctx
         };
         publish(credential, kind, reason.as_str(), message, ctx).await;
     }
+}
+
+/// Deletes Secrets this credential created under an earlier target name, when the status
+/// does not yet name the current one (a first token, a new `spec.target.name`, or a crash
+/// between writing the Secret and the status). Steady renewals skip the LIST.
+async fn remove_stale_targets_if_renamed(
+    credential: &DsccCredential,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let target_name = credential.target_name();
+    let recorded = credential
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.as_deref());
+    if recorded == Some(target_name.as_str()) {
+        return Ok(());
+    }
+    remove_stale_targets(credential, namespace, &target_name, ctx).await
 }
 
 /// Deletes Secrets this credential created under an earlier target name.
