@@ -155,6 +155,25 @@ pub enum WorkloadKind {
 }
 
 impl DsccCredentialSpec {
+    /// A fingerprint of the fields a token and its Secret are made from. A change to any of
+    /// them asks for a new token; `suspend`, the refresh timing and the rollout restart
+    /// targets are left out, so toggling `suspend` or tuning `refreshBefore` issues nothing.
+    pub fn issuance_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let relevant = serde_json::json!({
+            "clientSecretRef": self.client_secret_ref,
+            "tokenUrl": self.token_url,
+            "authMethod": self.auth_method,
+            "scopes": self.scopes,
+            "region": self.region,
+            "apiUrl": self.api_url,
+            "verify": self.verify,
+            "target": self.target,
+        });
+        let digest = Sha256::digest(relevant.to_string().as_bytes());
+        format!("sha256:{}", hex::encode(&digest[..16]))
+    }
+
     /// The DSCC API base URL: `apiUrl`, else the region's.
     pub fn dscc_api_url(&self) -> Option<&str> {
         self.api_url
@@ -429,5 +448,43 @@ impl DsccCredential {
             self.metadata.namespace.as_deref().unwrap_or_default(),
             self.metadata.name.as_deref().unwrap_or_default()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> DsccCredentialSpec {
+        serde_json::from_value(serde_json::json!({"clientSecretRef": {"name": "client"}}))
+            .expect("a minimal spec")
+    }
+
+    #[test]
+    fn the_issuance_hash_ignores_suspend_refresh_timing_and_restart_targets() {
+        let base = spec().issuance_hash();
+        let mut edited = spec();
+        edited.suspend = true;
+        edited.refresh_before = Some("20m".into());
+        edited.rollout_restart_targets = vec![RolloutRestartTarget {
+            kind: WorkloadKind::Deployment,
+            name: "reporter".into(),
+        }];
+        assert_eq!(edited.issuance_hash(), base);
+    }
+
+    #[test]
+    fn the_issuance_hash_changes_with_what_the_token_and_secret_are_made_from() {
+        let base = spec().issuance_hash();
+        let mut scopes = spec();
+        scopes.scopes = vec!["read".into()];
+        let mut keys = spec();
+        keys.target.keys.access_token = "TOKEN".into();
+        let mut url = spec();
+        url.token_url =
+            "https://global.api.greenlake.hpe.com/authorization/v2/oauth2/w/token".into();
+        for changed in [scopes, keys, url] {
+            assert_ne!(changed.issuance_hash(), base);
+        }
     }
 }

@@ -404,6 +404,7 @@ async fn gather(
     let observed = Observed {
         now,
         generation: credential.metadata.generation.unwrap_or_default(),
+        spec_hash: credential.spec.issuance_hash(),
         suspend: credential.spec.suspend,
         refresh_requested_at: credential.annotations().get(REFRESH_ANNOTATION).cloned(),
         refresh_before: refresh_before(&credential.spec),
@@ -940,6 +941,7 @@ mod tests {
         let observed = Observed {
             now: Timestamp::now(),
             generation: 1,
+            spec_hash: "spec".into(),
             suspend: false,
             refresh_requested_at: None,
             refresh_before: RefreshBefore::Default,

@@ -22,6 +22,8 @@ pub struct Observed {
     pub now: Timestamp,
     /// `metadata.generation` of the credential.
     pub generation: i64,
+    /// [`crate::api::DsccCredentialSpec::issuance_hash`] of the current spec.
+    pub spec_hash: String,
     /// `spec.suspend`.
     pub suspend: bool,
     /// The value of the manual refresh annotation, if set.
@@ -77,8 +79,8 @@ pub struct TokenRecord {
     pub issued_at: Timestamp,
     /// When it expires.
     pub expires_at: Timestamp,
-    /// The credential generation it was issued for.
-    pub generation: i64,
+    /// The issuance hash of the spec it was issued for.
+    pub spec_hash: String,
     /// Fingerprint of the client credentials it was issued with.
     pub credentials_fingerprint: String,
     /// The manual refresh request it answered, if any.
@@ -308,7 +310,7 @@ fn issue_reason(observed: &Observed, fingerprint: &str) -> Option<IssueReason> {
     };
     if !record.data_intact {
         Some(IssueReason::TargetEdited)
-    } else if record.generation != observed.generation {
+    } else if record.spec_hash != observed.spec_hash {
         Some(IssueReason::SpecChanged)
     } else if record.credentials_fingerprint != fingerprint {
         Some(IssueReason::ClientSecretChanged)
@@ -347,7 +349,7 @@ pub fn token_health(observed: &Observed) -> TokenHealth {
             expired_at: record.expires_at,
         };
     }
-    let current = record.generation == observed.generation
+    let current = record.spec_hash == observed.spec_hash
         && matches!(&observed.client,
             ClientSecretState::Present { fingerprint, .. } if *fingerprint == record.credentials_fingerprint);
     TokenHealth::Valid {
@@ -432,7 +434,7 @@ mod tests {
         TokenRecord {
             issued_at: at(issued),
             expires_at: at(issued + lifetime),
-            generation: 1,
+            spec_hash: "spec-1".into(),
             credentials_fingerprint: "fp-1".into(),
             refresh_requested_at: None,
             data_intact: true,
@@ -446,6 +448,7 @@ mod tests {
         Observed {
             now: at(now),
             generation: 1,
+            spec_hash: "spec-1".into(),
             suspend: false,
             refresh_requested_at: None,
             refresh_before: RefreshBefore::Default,
@@ -548,9 +551,10 @@ mod tests {
     }
 
     #[test]
-    fn issues_when_the_spec_generation_changed() {
+    fn issues_when_the_spec_changed() {
         let mut o = observed(60);
         o.generation = 2;
+        o.spec_hash = "spec-2".into();
         assert_eq!(issues(&o), Some(IssueReason::SpecChanged));
     }
 
@@ -601,6 +605,21 @@ mod tests {
         answered.refresh_requested_at = o.refresh_requested_at.clone();
         o.target = TargetState::Owned(Some(answered));
         assert_eq!(issues(&o), None);
+    }
+
+    #[test]
+    fn a_spec_edit_that_does_not_touch_the_token_issues_nothing() {
+        // e.g. suspend toggled, refreshBefore tuned, a rollout target added
+        let mut o = observed(60);
+        o.generation = 5;
+        assert_eq!(issues(&o), None);
+        assert!(matches!(
+            plan(&o),
+            Plan::Report {
+                token: TokenHealth::Valid { current: true, .. },
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -753,6 +772,7 @@ mod tests {
         ));
         o.now = at(4810);
         o.generation = 2;
+        o.spec_hash = "spec-2".into();
         assert_eq!(issues(&o), Some(IssueReason::SpecChanged));
     }
 

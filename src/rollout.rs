@@ -96,7 +96,7 @@ mod tests {
         let record = |hash: &str| TokenRecord {
             issued_at: "2026-11-25T10:00:00Z".parse().unwrap(),
             expires_at: "2026-11-25T12:00:00Z".parse().unwrap(),
-            generation: 1,
+            spec_hash: "spec-1".into(),
             credentials_fingerprint: "sha256:fp".into(),
             refresh_requested_at: None,
             data_intact: true,

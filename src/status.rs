@@ -114,7 +114,7 @@ mod tests {
         TargetState::Owned(Some(TokenRecord {
             issued_at: at(0),
             expires_at: at(7200),
-            generation: 1,
+            spec_hash: "spec-1".into(),
             credentials_fingerprint: "fp".into(),
             refresh_requested_at: None,
             data_intact: true,

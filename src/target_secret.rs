@@ -1,7 +1,7 @@
 //! The target Secret: what the operator writes, and what it reads back to decide.
 //!
 //! Besides the token keys the user configured, the Secret carries bookkeeping annotations
-//! (when the token was issued and expires, which spec generation and which client credentials
+//! (when the token was issued and expires, which spec and which client credentials
 //! it came from, a hash of the data as written). They make the decision restart-safe: a new
 //! operator process reads them and knows the token is still good.
 
@@ -23,8 +23,8 @@ use crate::token::{ClientCredentials, IssuedToken};
 pub const ISSUED_AT: &str = "dscc.io/issued-at";
 /// Annotation: when the token expires (RFC 3339).
 pub const EXPIRES_AT: &str = "dscc.io/expires-at";
-/// Annotation: the credential generation the token was issued for.
-pub const GENERATION: &str = "dscc.io/generation";
+/// Annotation: the issuance hash of the spec the token was issued for.
+pub const SPEC_HASH: &str = "dscc.io/spec-hash";
 /// Annotation: one-way fingerprint of the client credentials the token came from.
 pub const CREDENTIALS_HASH: &str = "dscc.io/credentials-hash";
 /// Annotation: hash of the token data as written, to notice edits.
@@ -138,14 +138,7 @@ pub fn build(
     let mut annotations = spec.target.annotations.clone();
     annotations.insert(ISSUED_AT.into(), token.issued_at.to_string());
     annotations.insert(EXPIRES_AT.into(), token.expires_at.to_string());
-    annotations.insert(
-        GENERATION.into(),
-        credential
-            .metadata
-            .generation
-            .unwrap_or_default()
-            .to_string(),
-    );
+    annotations.insert(SPEC_HASH.into(), credential.spec.issuance_hash());
     annotations.insert(CREDENTIALS_HASH.into(), credentials_fingerprint.into());
     annotations.insert(DATA_HASH.into(), hash);
     if let Some(value) = refresh_answered {
@@ -211,7 +204,7 @@ fn read_record(secret: &Secret, keys: &TargetKeys) -> Option<TokenRecord> {
     Some(TokenRecord {
         issued_at: timestamp(ISSUED_AT)?,
         expires_at: timestamp(EXPIRES_AT)?,
-        generation: annotations.get(GENERATION)?.parse().ok()?,
+        spec_hash: annotations.get(SPEC_HASH)?.clone(),
         credentials_fingerprint: annotations.get(CREDENTIALS_HASH)?.clone(),
         refresh_requested_at: annotations.get(REFRESH_ANSWERED).cloned(),
         data_intact: annotations.get(DATA_HASH) == Some(&actual_hash),
@@ -349,7 +342,7 @@ mod tests {
         };
         assert_eq!(record.issued_at, token().issued_at);
         assert_eq!(record.expires_at, token().expires_at);
-        assert_eq!(record.generation, 3);
+        assert_eq!(record.spec_hash, credential.spec.issuance_hash());
         assert_eq!(record.credentials_fingerprint, "sha256:fp");
         assert_eq!(record.refresh_requested_at.as_deref(), Some("r1"));
         assert!(record.data_intact);

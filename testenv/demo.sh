@@ -98,5 +98,5 @@ done
 echo "  renewed: new token issued at $issued"
 "$kubectl" -n storage get dscc array-reports
 "$kubectl" -n storage get events --field-selector involvedObject.name=array-reports \
-	-o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.note,MESSAGE2:.message | sed 's/<none>//g'
+	-o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message
 say "Token requests the endpoint answered with 200: $(grep -c 'status=200' "$demo_dir/endpoint.log" || true)"
