@@ -642,22 +642,40 @@ async fn issue(
         token.issued_at,
     );
     observed.now = ctx.clock.now();
-    let Plan::Report {
-        situation,
-        token: health,
-        requeue_at,
-    } = planner::plan(&observed)
-    else {
-        unreachable!("a token just written is current and fresh");
-    };
-    let report = Report {
-        observed: &observed,
-        situation: &situation,
-        token: health,
-        notes: &notes,
-    };
-    write_report(credential, namespace, report, ctx).await?;
-    Ok(requeue_at_or(requeue_at, ctx))
+    report_after_attempt(credential, namespace, &observed, &notes, ctx).await
+}
+
+/// Writes what the planner makes of the world right after a token request. It answers
+/// with a report: a token just written is fresh, and a failure just recorded waits for its
+/// retry time.
+async fn report_after_attempt(
+    credential: &DsccCredential,
+    namespace: &str,
+    observed: &Observed,
+    notes: &[String],
+    ctx: &Context,
+) -> Result<Action, Error> {
+    match planner::plan(observed) {
+        Plan::Report {
+            situation,
+            token,
+            requeue_at,
+        } => {
+            let report = Report {
+                observed,
+                situation: &situation,
+                token,
+                notes,
+            };
+            write_report(credential, namespace, report, ctx).await?;
+            Ok(requeue_at_or(requeue_at, ctx))
+        }
+        Plan::Issue(reason) => {
+            // Never two requests in a row from one reconcile; look again in a moment.
+            warn!(%reason, "the planner asked for another token right after an attempt");
+            Ok(Action::requeue(Duration::from_secs(5)))
+        }
+    }
 }
 
 /// Records a failed attempt in the status, keeping the token in place.
@@ -680,21 +698,7 @@ async fn record_failure(
         failure.message
     );
     observed.failure = Some(record);
-    let Plan::Report {
-        situation,
-        token,
-        requeue_at,
-    } = planner::plan(&observed)
-    else {
-        unreachable!("a failure just recorded waits for its retry time");
-    };
-    let report = Report {
-        observed: &observed,
-        situation: &situation,
-        token,
-        notes: &[],
-    };
-    write_report(credential, namespace, report, ctx).await?;
+    let action = report_after_attempt(credential, namespace, &observed, &[], ctx).await?;
     publish(
         credential,
         EventType::Warning,
@@ -703,7 +707,7 @@ async fn record_failure(
         ctx,
     )
     .await;
-    Ok(requeue_at_or(requeue_at, ctx))
+    Ok(action)
 }
 
 /// Restarts the credential's rollout restart targets that do not yet run with the token of

@@ -18,7 +18,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{ListParams, ObjectMeta, PostParams};
@@ -964,25 +963,7 @@ async fn operator_works_with_exactly_the_charts_namespaced_rbac() {
     }
 
     // A workload to restart after the token: the chart's rights on apps must suffice.
-    let reporter: Deployment = serde_json::from_value(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "reporter"},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "reporter"}},
-            "template": {
-                "metadata": {"labels": {"app": "reporter"}},
-                "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
-            }
-        }
-    }))
-    .expect("a Deployment");
-    let deployments: Api<Deployment> = env.api();
-    deployments
-        .create(&PostParams::default(), &reporter)
-        .await
-        .expect("create the Deployment");
+    env.create_deployment("reporter").await;
 
     env.put_client_secret("greenlake-client").await;
     let mut spec = env.spec("greenlake-client");
@@ -995,16 +976,7 @@ async fn operator_works_with_exactly_the_charts_namespaced_rbac() {
     let stamp = wait_until(
         "the Deployment to be restarted",
         Duration::from_secs(15),
-        || async {
-            let deployment = deployments.get("reporter").await.ok()?;
-            deployment
-                .spec?
-                .template
-                .metadata?
-                .annotations?
-                .get("dscc.io/restartedAt")
-                .cloned()
-        },
+        || env.restart_stamp("reporter"),
     )
     .await;
     assert!(!stamp.is_empty(), "an empty dscc.io/restartedAt");

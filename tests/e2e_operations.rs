@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams};
 use serde_json::json;
 use support::dscc_api::DsccApi;
 use support::harness::{TestEnv, wait_until};
@@ -199,27 +199,6 @@ async fn only_the_leader_requests_tokens_and_a_standby_takes_over() {
     );
 }
 
-async fn create_deployment(env: &TestEnv, name: &str) {
-    let deployment: Deployment = serde_json::from_value(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
-            }
-        }
-    }))
-    .expect("a Deployment");
-    env.api::<Deployment>()
-        .create(&PostParams::default(), &deployment)
-        .await
-        .expect("create the Deployment");
-}
-
 async fn replica_sets(env: &TestEnv, app: &str) -> usize {
     env.api::<ReplicaSet>()
         .list(&ListParams::default().labels(&format!("app={app}")))
@@ -229,22 +208,11 @@ async fn replica_sets(env: &TestEnv, app: &str) -> usize {
         .len()
 }
 
-async fn restart_stamp(env: &TestEnv, name: &str) -> Option<String> {
-    let deployment = env.api::<Deployment>().get(name).await.ok()?;
-    deployment
-        .spec?
-        .template
-        .metadata?
-        .annotations?
-        .get("dscc.io/restartedAt")
-        .cloned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_is_rolled_out_once_per_new_token() {
     let env = TestEnv::new("rollout").await;
     env.put_client_secret("client").await;
-    create_deployment(&env, "reporter").await;
+    env.create_deployment("reporter").await;
     wait_until("the first ReplicaSet", READY, || async {
         (replica_sets(&env, "reporter").await == 1).then_some(())
     })
@@ -271,7 +239,7 @@ async fn a_deployment_is_rolled_out_once_per_new_token() {
     })
     .await;
     assert_eq!(
-        restart_stamp(&env, "reporter").await,
+        env.restart_stamp("reporter").await,
         Some(format!(
             "{issued_at} {}",
             &first_hash["sha256:".len()..][..8]
@@ -305,13 +273,13 @@ async fn a_deployment_is_rolled_out_once_per_new_token() {
         (replica_sets(&env, "reporter").await == 3).then_some(())
     })
     .await;
-    let stamp = restart_stamp(&env, "reporter").await;
+    let stamp = env.restart_stamp("reporter").await;
 
     // An operator restart restarts nothing.
     operator.restart();
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(replica_sets(&env, "reporter").await, 3);
-    assert_eq!(restart_stamp(&env, "reporter").await, stamp);
+    assert_eq!(env.restart_stamp("reporter").await, stamp);
     assert_eq!(env.endpoint.request_count(), 2);
 }
 

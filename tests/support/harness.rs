@@ -505,3 +505,43 @@ pub fn assert_renewed_in_time(
         );
     }
 }
+
+impl TestEnv {
+    /// Creates a one-replica Deployment `name` whose Pods stay Pending (there is no kubelet).
+    pub async fn create_deployment(&self, name: &str) {
+        let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+                }
+            }
+        }))
+        .expect("a Deployment");
+        self.api::<k8s_openapi::api::apps::v1::Deployment>()
+            .create(&PostParams::default(), &deployment)
+            .await
+            .expect("create the Deployment");
+    }
+
+    /// The `dscc.io/restartedAt` stamp on Deployment `name`'s pod template, if any.
+    pub async fn restart_stamp(&self, name: &str) -> Option<String> {
+        let deployment = self
+            .api::<k8s_openapi::api::apps::v1::Deployment>()
+            .get(name)
+            .await
+            .ok()?;
+        deployment
+            .spec?
+            .template
+            .metadata?
+            .annotations?
+            .get("dscc.io/restartedAt")
+            .cloned()
+    }
+}
