@@ -65,3 +65,12 @@ demo-down:
 crds:
 	$(CARGO) run --quiet -- crd > crds/dscc.io_dscccredentials.yaml
 	cp crds/dscc.io_dscccredentials.yaml charts/dscc-token-operator/crds/
+
+.PHONY: bench
+# Credentials for make bench; also N=10000 make bench, or make bench ARGS="--credentials 10000".
+N ?= 1000
+## bench: the operator at scale on its own local control plane; prints a table, writes
+## target/bench/results.json (ARGS="--help" lists the knobs)
+bench:
+	$(CARGO) build --release --bin dscc-token-operator --example bench
+	$(CARGO) run --release --quiet --example bench -- --credentials $(N) $(ARGS)

@@ -90,6 +90,67 @@ pub struct Context {
     clock: Arc<dyn Clock>,
     settings: Settings,
     metrics: Arc<Metrics>,
+    own_status: OwnStatus,
+}
+
+/// The last status this operator wrote for each credential, with the resourceVersion it was
+/// computed from, while the watch cache may not show it yet.
+///
+/// The cache lags behind our own writes: the watch event of the target Secret just written
+/// often brings the credential back before the event of its new status does. A reconcile on
+/// the old status wrote the same status again and listed Secrets again (about one extra
+/// write and one extra LIST per token under load; see `make bench`). While the cache still
+/// shows the version a written status was computed from, that status stands in for the
+/// cached one.
+#[derive(Default)]
+struct OwnStatus(std::sync::Mutex<WrittenStatus>);
+
+/// By credential uid: the resourceVersion a status was computed from, and the status.
+type WrittenStatus = std::collections::HashMap<String, (String, DsccCredentialStatus)>;
+
+impl OwnStatus {
+    fn written(&self) -> std::sync::MutexGuard<'_, WrittenStatus> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `credential` with the status last written for it, if the cache has not caught up.
+    fn overlay(&self, credential: Arc<DsccCredential>) -> Arc<DsccCredential> {
+        let (Some(uid), Some(version)) = (
+            credential.metadata.uid.as_deref(),
+            credential.metadata.resource_version.as_deref(),
+        ) else {
+            return credential;
+        };
+        let mut written = self.written();
+        match written.get(uid) {
+            Some((from, status)) if from == version => {
+                let mut current = (*credential).clone();
+                current.status = Some(status.clone());
+                Arc::new(current)
+            }
+            Some(_) => {
+                // The cache has moved past the version the status was computed from.
+                written.remove(uid);
+                credential
+            }
+            None => credential,
+        }
+    }
+
+    fn record(&self, credential: &DsccCredential, status: &DsccCredentialStatus) {
+        if let (Some(uid), Some(version)) = (
+            credential.metadata.uid.clone(),
+            credential.metadata.resource_version.clone(),
+        ) {
+            self.written().insert(uid, (version, status.clone()));
+        }
+    }
+
+    fn forget(&self, uid: &str) {
+        self.written().remove(uid);
+    }
 }
 
 impl Context {
@@ -111,6 +172,7 @@ impl Context {
             clock: Arc::new(SystemClock),
             settings,
             metrics,
+            own_status: OwnStatus::default(),
         }
     }
 }
@@ -168,11 +230,12 @@ fn scope(
     // of the few Secrets a reconcile needs.
     let secret_meta: Api<PartialObjectMeta<Secret>> = api_in(&ctx.client, ns);
     // The controller never sees a credential once it is gone, so deletions are watched
-    // separately (metadata only) to drop the credential's metric series.
-    let deletions = forget_deleted(api_in(&ctx.client, ns), ctx.metrics.clone());
+    // separately (metadata only) to drop the credential's metric series and written status.
+    let deletions = forget_deleted(api_in(&ctx.client, ns), ctx.clone());
 
     let controller = Controller::new(credentials, watcher::Config::default().any_semantic())
-        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency));
+        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
+        .trigger_backoff(watch_backoff());
     let store = controller.store();
     let mapper_store = store.clone();
     info!(
@@ -204,13 +267,30 @@ fn scope(
     (store, run)
 }
 
-/// Drops the metric series of each credential that is deleted.
-async fn forget_deleted(api: Api<PartialObjectMeta<DsccCredential>>, metrics: Arc<Metrics>) {
+/// The pause of the watches after an error: doubling from 500 ms up to 5 s, reset by the next
+/// event. kube's default (up to 30 s, one step more per error of any of the watches, which
+/// share it) left the operator deaf to every change for over a minute after a 10-second
+/// kube-apiserver outage: the resumed watches answer 410 Gone, each one more pause. A retry
+/// every 5 s of a handful of watches is no burden to a struggling API server.
+fn watch_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .without_max_times()
+        .into()
+}
+
+/// Drops the metric series and the remembered status of each credential that is deleted.
+async fn forget_deleted(api: Api<PartialObjectMeta<DsccCredential>>, ctx: Arc<Context>) {
     let events = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
         if let Ok(watcher::Event::Delete(object)) = event {
-            metrics.forget_credential(&CredentialLabels {
+            if let Some(uid) = object.metadata.uid.as_deref() {
+                ctx.own_status.forget(uid);
+            }
+            ctx.metrics.forget_credential(&CredentialLabels {
                 namespace: object.namespace().unwrap_or_default(),
                 name: object.name_any(),
             });
@@ -280,6 +360,7 @@ async fn reconcile_credential(
     let namespace = credential
         .namespace()
         .ok_or_else(|| Error::MissingNamespace(credential.name_any()))?;
+    let credential = ctx.own_status.overlay(credential);
     let mut gathered = gather(&credential, &namespace, &ctx).await?;
     let mut credential = credential;
     if let Plan::Issue(_) = gathered.plan {
@@ -365,6 +446,7 @@ async fn write_report(
     )
     .await
     .context(|| format!("writing status of DsccCredential {}", credential.key()))?;
+    ctx.own_status.record(credential, &next);
     Ok(())
 }
 
@@ -901,6 +983,45 @@ mod tests {
             rollout_restart_targets: vec![],
             suspend: false,
         }
+    }
+
+    #[test]
+    fn watches_pause_from_half_a_second_doubling_up_to_five_seconds_after_errors() {
+        use kube::runtime::utils::Backoff as _;
+        let mut backoff = watch_backoff();
+        let pauses: Vec<u64> = backoff
+            .by_ref()
+            .take(6)
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [500, 1000, 2000, 4000, 5000, 5000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn a_status_just_written_stands_in_for_the_cached_one_until_the_cache_catches_up() {
+        let mut cached = DsccCredential::new("reports", spec("https://x"));
+        cached.metadata.uid = Some("uid-1".into());
+        cached.metadata.resource_version = Some("10".into());
+        let written = DsccCredentialStatus {
+            secret_name: Some("reports-token".into()),
+            ..Default::default()
+        };
+        let own = OwnStatus::default();
+        own.record(&cached, &written);
+
+        let seen = own.overlay(Arc::new(cached.clone()));
+        assert_eq!(seen.status.as_ref(), Some(&written));
+
+        cached.metadata.resource_version = Some("11".into());
+        let seen = own.overlay(Arc::new(cached.clone()));
+        assert_eq!(
+            seen.status, None,
+            "the cache has moved on; its status counts"
+        );
+        cached.metadata.resource_version = Some("10".into());
+        assert_eq!(own.overlay(Arc::new(cached)).status, None, "forgotten");
     }
 
     #[test]

@@ -83,7 +83,12 @@ pub fn next(inputs: &StatusInputs<'_>) -> DsccCredentialStatus {
         (Situation::Ready, TokenHealth::Valid { renewal, .. }) => Some(Time(renewal)),
         _ => None,
     };
-    let failure = inputs.failure;
+    // Ready means the token is good for what is wanted now: a failure still in the inputs is
+    // over. It comes from a status read before the success was written (the watch cache lags
+    // behind our own write), and writing it back would keep it for good.
+    let failure = inputs
+        .failure
+        .filter(|_| !matches!(inputs.situation, Situation::Ready));
     DsccCredentialStatus {
         observed_generation: Some(inputs.generation),
         conditions: conditions::merge(existing, &desired, inputs.generation, inputs.now),
@@ -190,6 +195,27 @@ mod tests {
             notes: &[],
         });
         assert_eq!(failure_record(Some(&status)), Some(failure));
+    }
+
+    #[test]
+    fn a_ready_status_drops_a_failure_read_from_a_stale_status() {
+        let target = owned();
+        let failure = failure();
+        let status = next(&StatusInputs {
+            current: None,
+            generation: 1,
+            secret_name: "reports-token",
+            target: &target,
+            failure: Some(&failure),
+            situation: &Situation::Ready,
+            token: valid(),
+            now: at(4830),
+            notes: &[],
+        });
+        assert_eq!(status.failed_attempts, 0);
+        assert_eq!(status.last_failure_time, None);
+        assert_eq!(status.next_retry_time, None);
+        assert_eq!(failure_record(Some(&status)), None);
     }
 
     #[test]
