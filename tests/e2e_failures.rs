@@ -15,49 +15,18 @@ use base64::engine::general_purpose::STANDARD;
 use dscc_token_operator::api::DsccCredential;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::{Api, Resource};
 use serde_json::json;
-use support::harness::{TestEnv, suffix, wait_until};
+use support::harness::{
+    TestEnv, condition, has_condition, suffix, wait_for_credential, wait_until,
+};
 use support::invalid_manifests::{base_spec, cases};
 use support::token_endpoint::{Fault, RecordedRequest, RetryAfter, TokenEndpoint};
 use tokio::task::JoinHandle;
 
 /// Generous for a loaded 2-core machine: a first token normally takes well under a second.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The condition `type_` of `credential`, if it has one.
-fn condition(credential: &DsccCredential, type_: &str) -> Option<Condition> {
-    credential
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .cloned()
-}
-
-/// Whether `credential` has condition `type_` with `status` and `reason`.
-fn has_condition(credential: &DsccCredential, type_: &str, status: &str, reason: &str) -> bool {
-    condition(credential, type_).is_some_and(|c| c.status == status && c.reason == reason)
-}
-
-/// Waits until `check` holds for the credential `name`.
-async fn wait_for_credential(
-    env: &TestEnv,
-    name: &str,
-    description: &str,
-    timeout: Duration,
-    check: impl Fn(&DsccCredential) -> bool,
-) -> DsccCredential {
-    let description = format!("{}/{name}: {description}", env.namespace);
-    wait_until(&description, timeout, || async {
-        let credential = env.credential(name).await;
-        check(&credential).then_some(credential)
-    })
-    .await
-}
 
 /// Waits until the credential is Ready with nothing in progress and the target Secret holds a
 /// token other than `old_token`; returns the new token.

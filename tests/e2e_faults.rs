@@ -24,12 +24,13 @@ use std::time::{Duration, Instant};
 use dscc_token_operator::api::DsccCredential;
 use dscc_token_operator::target_secret::{EXPIRES_AT, ISSUED_AT, REFRESH_ANSWERED};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use serde_json::json;
-use support::harness::{TestEnv, TokenReading, sample_every, wait_until};
+use support::harness::{
+    TestEnv, TokenReading, condition, has_condition, sample_every, wait_for_credential, wait_until,
+};
 use support::operator::Operator;
 use support::token_endpoint::{Fault, RecordedRequest, TokenEndpoint};
 use tokio::sync::{RwLock, watch};
@@ -49,38 +50,6 @@ const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=dscc-token-operator";
 
 // ---- reading the cluster -------------------------------------------------------------------
-
-/// The condition `type_` of `credential`, if it has one.
-fn condition(credential: &DsccCredential, type_: &str) -> Option<Condition> {
-    credential
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .cloned()
-}
-
-/// Whether `credential` has condition `type_` with `status` and `reason`.
-fn has_condition(credential: &DsccCredential, type_: &str, status: &str, reason: &str) -> bool {
-    condition(credential, type_).is_some_and(|c| c.status == status && c.reason == reason)
-}
-
-/// Waits until `check` holds for the credential `name`.
-async fn wait_for_credential(
-    env: &TestEnv,
-    name: &str,
-    description: &str,
-    timeout: Duration,
-    check: impl Fn(&DsccCredential) -> bool,
-) -> DsccCredential {
-    let description = format!("{}/{name}: {description}", env.namespace);
-    wait_until(&description, timeout, || async {
-        let credential = env.credential(name).await;
-        check(&credential).then_some(credential)
-    })
-    .await
-}
 
 /// The string value of `key` in `secret`.
 fn data_value(secret: &Secret, key: &str) -> Option<String> {

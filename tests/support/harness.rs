@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use dscc_token_operator::api::DsccCredential;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -544,4 +545,36 @@ impl TestEnv {
             .get("dscc.io/restartedAt")
             .cloned()
     }
+}
+
+/// The condition `type_` of `credential`, if it has one.
+pub fn condition(credential: &DsccCredential, type_: &str) -> Option<Condition> {
+    credential
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+/// Whether `credential` has condition `type_` with `status` and `reason`.
+pub fn has_condition(credential: &DsccCredential, type_: &str, status: &str, reason: &str) -> bool {
+    condition(credential, type_).is_some_and(|c| c.status == status && c.reason == reason)
+}
+
+/// Waits until `check` holds for the credential `name`.
+pub async fn wait_for_credential(
+    env: &TestEnv,
+    name: &str,
+    description: &str,
+    timeout: Duration,
+    check: impl Fn(&DsccCredential) -> bool,
+) -> DsccCredential {
+    let description = format!("{}/{name}: {description}", env.namespace);
+    wait_until(&description, timeout, || async {
+        let credential = env.credential(name).await;
+        check(&credential).then_some(credential)
+    })
+    .await
 }
