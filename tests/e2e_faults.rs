@@ -29,7 +29,8 @@ use kube::Api;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use serde_json::json;
 use support::harness::{
-    TestEnv, TokenReading, condition, has_condition, sample_every, wait_for_credential, wait_until,
+    TestEnv, TokenReading, condition, has_condition, read_token, sample_every, wait_for_credential,
+    wait_until,
 };
 use support::operator::Operator;
 use support::token_endpoint::{Fault, RecordedRequest, TokenEndpoint};
@@ -239,29 +240,6 @@ impl Gate {
 
     async fn reopen(&self) {
         *self.0.write().await = true;
-    }
-}
-
-/// One GET of the target Secret `name`.
-async fn read_token(secrets: &Api<Secret>, name: &str) -> TokenReading {
-    let answer = secrets.get_opt(name).await;
-    let read_at = Timestamp::now();
-    match answer {
-        Ok(secret) => TokenReading {
-            read_at,
-            access_token: secret.as_ref().and_then(|s| data_value(s, "access_token")),
-            expires_at: secret
-                .as_ref()
-                .and_then(|s| data_value(s, "expires_at"))
-                .and_then(|text| text.parse().ok()),
-            error: None,
-        },
-        Err(error) => TokenReading {
-            read_at,
-            access_token: None,
-            expires_at: None,
-            error: Some(error.to_string()),
-        },
     }
 }
 

@@ -380,31 +380,7 @@ impl TestEnv {
         sample_every(interval, move || {
             let secrets = secrets.clone();
             let name = name.clone();
-            async move {
-                let answer = secrets.get_opt(&name).await;
-                let read_at = Timestamp::now();
-                let value = |secret: &Secret, key: &str| {
-                    let bytes = secret.data.as_ref()?.get(key)?;
-                    String::from_utf8(bytes.0.clone()).ok()
-                };
-                match answer {
-                    Ok(secret) => TokenReading {
-                        read_at,
-                        access_token: secret.as_ref().and_then(|s| value(s, "access_token")),
-                        expires_at: secret
-                            .as_ref()
-                            .and_then(|s| value(s, "expires_at"))
-                            .and_then(|text| text.parse().ok()),
-                        error: None,
-                    },
-                    Err(error) => TokenReading {
-                        read_at,
-                        access_token: None,
-                        expires_at: None,
-                        error: Some(error.to_string()),
-                    },
-                }
-            }
+            async move { read_token(&secrets, &name).await }
         })
     }
 
@@ -432,6 +408,33 @@ impl TestEnv {
             self.secret(name).await.is_none().then_some(())
         })
         .await;
+    }
+}
+
+/// One GET of the target Secret `name` (default key names), as a [`TokenReading`].
+pub async fn read_token(secrets: &Api<Secret>, name: &str) -> TokenReading {
+    let answer = secrets.get_opt(name).await;
+    let read_at = Timestamp::now();
+    let value = |secret: &Secret, key: &str| {
+        let bytes = secret.data.as_ref()?.get(key)?;
+        String::from_utf8(bytes.0.clone()).ok()
+    };
+    match answer {
+        Ok(secret) => TokenReading {
+            read_at,
+            access_token: secret.as_ref().and_then(|s| value(s, "access_token")),
+            expires_at: secret
+                .as_ref()
+                .and_then(|s| value(s, "expires_at"))
+                .and_then(|text| text.parse().ok()),
+            error: None,
+        },
+        Err(error) => TokenReading {
+            read_at,
+            access_token: None,
+            expires_at: None,
+            error: Some(error.to_string()),
+        },
     }
 }
 
