@@ -26,6 +26,9 @@ pub const DEFAULT_TOKEN_URL: &str = "https://sso.common.cloud.hpe.com/as/token.o
 // CEL building blocks. Kept as constants so that the same pattern is used for every field.
 const KEY_RULE: &str = "self.size() <= 253 && self.matches('^[-._a-zA-Z0-9]+$')";
 const DNS_SUBDOMAIN_RULE: &str = "self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+/// A label or annotation key: an optional DNS-subdomain prefix and a name of up to 63
+/// characters (Kubernetes' qualified names).
+const QUALIFIED_NAME_RULE: &str = "self.all(k, k.size() <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$') && (!k.contains('/') || k.split('/')[0].size() <= 253))";
 const DURATION_RULE: &str =
     "self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$') && duration(self) > duration('0s')";
 
@@ -55,13 +58,23 @@ const DURATION_RULE: &str =
 #[x_kube(
     validation = Rule::new("!(has(self.refreshBefore) && has(self.refreshBeforePercentage))").message("set at most one of refreshBefore and refreshBeforePercentage"),
     validation = Rule::new("!has(self.verify) || !self.verify || has(self.region) || has(self.apiUrl)").message("verify needs region or apiUrl: the DSCC API to probe"),
-    validation = Rule::new("!has(self.rolloutRestartTargets) || self.rolloutRestartTargets.all(t, self.rolloutRestartTargets.exists_one(u, u.kind == t.kind && u.name == t.name))").message("rolloutRestartTargets must not list a workload twice")
+    validation = Rule::new("!has(self.rolloutRestartTargets) || self.rolloutRestartTargets.all(t, self.rolloutRestartTargets.exists_one(u, u.kind == t.kind && u.name == t.name))").message("rolloutRestartTargets must not list a workload twice"),
+    validation = Rule::new("has(self.clientSecretRef) || has(self.tokenExchange)").message("set clientSecretRef (the API client), or tokenExchange to get the token by exchanging another DsccCredential's token")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DsccCredentialSpec {
     /// The Secret, in the same namespace, that holds the OAuth 2.0 client id and client secret
-    /// of a GreenLake API client.
-    pub client_secret_ref: ClientSecretRef,
+    /// of a GreenLake API client. Required unless tokenExchange is set; with tokenExchange it
+    /// authenticates the exchange (Keycloak requires that, GreenLake's MSP exchange does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_ref: Option<ClientSecretRef>,
+
+    /// Get the token by RFC 8693 token exchange at tokenUrl, with the token of another
+    /// DsccCredential in the same namespace as the subject token: how a GreenLake managed
+    /// service provider gets tenant-workspace tokens from its MSP-workspace token
+    /// (tokenUrl https://global.api.greenlake.hpe.com/authorization/v2/oauth2/<TENANT_WORKSPACE_ID>/token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exchange: Option<TokenExchange>,
 
     /// The OAuth 2.0 token endpoint. Defaults to the GreenLake SSO endpoint; the
     /// workspace-scoped endpoint is
@@ -144,7 +157,9 @@ pub struct RolloutRestartTarget {
 }
 
 /// Kinds of workload that can be restarted.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub enum WorkloadKind {
     /// apps/v1 Deployment.
     Deployment,
@@ -152,6 +167,30 @@ pub enum WorkloadKind {
     StatefulSet,
     /// apps/v1 DaemonSet.
     DaemonSet,
+}
+
+/// Where a token exchange takes its subject token from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenExchange {
+    /// The DsccCredential in the same namespace whose token is the subject token (for an MSP:
+    /// the credential of the MSP workspace's API client).
+    pub subject_credential_ref: SubjectCredentialRef,
+    /// The RFC 8693 audience parameter, if the token endpoint needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.matches('^[!-~]+$')").message("tokenExchange.audience must be printable ASCII without spaces"))]
+    pub audience: Option<String>,
+}
+
+/// A DsccCredential in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectCredentialRef {
+    /// Its metadata.name.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message("tokenExchange.subjectCredentialRef.name must be a valid object name (a DNS subdomain)"))]
+    pub name: String,
 }
 
 impl DsccCredentialSpec {
@@ -162,6 +201,7 @@ impl DsccCredentialSpec {
         use sha2::{Digest, Sha256};
         let relevant = serde_json::json!({
             "clientSecretRef": self.client_secret_ref,
+            "tokenExchange": self.token_exchange,
             "tokenUrl": self.token_url,
             "authMethod": self.auth_method,
             "scopes": self.scopes,
@@ -266,23 +306,32 @@ pub struct TargetSpec {
     #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message("target.name must be a valid Secret name (a DNS subdomain)"))]
     pub name: Option<String>,
 
-    /// Secret type. Default: Opaque.
+    /// Secret type. Default: Opaque. The built-in kubernetes.io/ types require keys the
+    /// operator does not write, so only Opaque or a type of your own (such as
+    /// example.com/dscc-token) is accepted. A change of type replaces the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
-    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 253").message("target.type must be a non-empty Secret type such as Opaque"))]
+    #[x_kube(validation = Rule::new("self == 'Opaque' || (self.matches('^[A-Za-z0-9][-A-Za-z0-9_./]*$') && !self.startsWith('kubernetes.io/') && !self.startsWith('bootstrap.kubernetes.io/'))").message("target.type must be Opaque or a type of your own such as example.com/dscc-token: the kubernetes.io/ types need keys the operator does not write"))]
     pub r#type: Option<String>,
 
     /// Extra labels on the Secret. The labels app.kubernetes.io/managed-by and
     /// dscc.io/credential are the operator's own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
-    #[x_kube(validation = Rule::new("!('app.kubernetes.io/managed-by' in self) && !('dscc.io/credential' in self)").message("target.labels must not set app.kubernetes.io/managed-by or dscc.io/credential: the operator owns them"))]
+    #[schemars(extend("maxProperties" = 64), inner(length(max = 63)))]
+    #[x_kube(
+        validation = Rule::new("!('app.kubernetes.io/managed-by' in self) && !('dscc.io/credential' in self)").message("target.labels must not set app.kubernetes.io/managed-by or dscc.io/credential: the operator owns them"),
+        validation = Rule::new(QUALIFIED_NAME_RULE).message("target.labels keys must be qualified names: an optional DNS-subdomain prefix and '/', then up to 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"),
+        validation = Rule::new("self.all(k, self[k] == '' || self[k].matches('^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))").message("target.labels values must be empty or up to 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit")
+    )]
     pub labels: BTreeMap<String, String>,
 
     /// Extra annotations on the Secret. Annotations under dscc.io/ are the operator's own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
-    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('dscc.io/'))").message("target.annotations must not use the dscc.io/ prefix: the operator owns it"))]
+    #[schemars(extend("maxProperties" = 64), inner(length(max = 4096)))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, !k.startsWith('dscc.io/'))").message("target.annotations must not use the dscc.io/ prefix: the operator owns it"),
+        validation = Rule::new(QUALIFIED_NAME_RULE).message("target.annotations keys must be qualified names: an optional DNS-subdomain prefix and '/', then up to 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit")
+    )]
     pub annotations: BTreeMap<String, String>,
 
     /// Names of the keys written into the Secret; set a key to "" to leave it out.
@@ -406,27 +455,78 @@ pub struct DsccCredentialStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry_time: Option<Time>,
 
-    /// What the last failed attempt was made from; a change to any of it retries at once.
+    /// What the last failed attempt was made from; a change to any of it retries at once
+    /// (but never before retryAfterTime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failed_attempt: Option<AttemptInputs>,
+
+    /// The token endpoint asked not to be called before this time (Retry-After); no request is
+    /// made before it, whatever changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_time: Option<Time>,
+
+    /// The grant that produced the current token: ClientCredentials, RefreshToken or
+    /// TokenExchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+
+    /// Credentials whose token request would be identical (same token URL, client, secret,
+    /// authentication and scopes) share one token; this names the group (an opaque id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_group: Option<String>,
+
+    /// The token each rollout restart target was last restarted for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout_restarts: Vec<RolloutRestartRecord>,
 }
 
-/// The inputs an issuance attempt was made from (none of them secret).
+/// A workload restarted for a token.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestartRecord {
+    /// Deployment, StatefulSet or DaemonSet.
+    pub kind: WorkloadKind,
+    /// Its name.
+    pub name: String,
+    /// The stamp of the token it was restarted for (the value of its dscc.io/restartedAt
+    /// pod template annotation at that time).
+    pub token: String,
+}
+
+/// The inputs an attempt was made from (none of them secret). A change of content counts,
+/// not a new resourceVersion: a label added to the client Secret retries nothing.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptInputs {
-    /// metadata.generation of the credential.
-    pub generation: i64,
-    /// resourceVersion of the client Secret, if it existed.
+    /// The issuance hash of the spec (the fields a token is made from).
+    #[serde(default)]
+    pub spec_hash: String,
+    /// One-way fingerprint of the client id and secret, if there was a client Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_secret_version: Option<String>,
+    pub credentials_fingerprint: Option<String>,
     /// Value of the dscc.io/refresh-requested-at annotation, if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_requested_at: Option<String>,
+    /// Hash of the subject token of a token exchange, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_token_hash: Option<String>,
 }
 
 fn is_zero(n: &i32) -> bool {
     *n == 0
+}
+
+/// `text` if it has at most `max` characters, else its beginning, `-` and 10 hex digits of
+/// its hash, `max` characters in all (distinct texts stay distinct).
+fn shortened(text: &str, max: usize) -> String {
+    use sha2::{Digest, Sha256};
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let hash = hex::encode(&Sha256::digest(text.as_bytes())[..5]);
+    let keep = max - hash.len() - 1;
+    let head = text[..keep].trim_end_matches(['-', '.']);
+    format!("{head}-{hash}")
 }
 
 impl DsccCredential {
@@ -438,6 +538,24 @@ impl DsccCredential {
                 "{}-token",
                 self.metadata.name.as_deref().unwrap_or_default()
             ),
+        }
+    }
+
+    /// The value of the `dscc.io/credential` label on the Secrets it owns: the name, or for
+    /// names longer than a label value may be (63), a shortened name with a hash.
+    pub fn label_value(&self) -> String {
+        shortened(self.metadata.name.as_deref().unwrap_or_default(), 63)
+    }
+
+    /// Name of the operator-only Secret that keeps a refresh token: `<metadata.name>-refresh`,
+    /// shortened with a hash when that would be longer than a Secret name may be.
+    pub fn refresh_secret_name(&self) -> String {
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        let wanted = format!("{name}-refresh");
+        if wanted.len() <= 253 {
+            wanted
+        } else {
+            format!("{}-refresh", shortened(name, 245))
         }
     }
 

@@ -1,12 +1,11 @@
 //! Status conditions: `Ready`, `Reconciling` and `Stalled`, following the kstatus conventions
 //! that Flux, Argo CD and `kubectl wait` understand.
 
-use std::fmt;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::planner::{Situation, TokenHealth};
+pub use crate::observe::TokenHealth;
+pub use crate::reason::Reason;
 
 /// Condition type: the target Secret holds a valid token from the current spec and credentials.
 pub const READY: &str = "Ready";
@@ -15,88 +14,29 @@ pub const RECONCILING: &str = "Reconciling";
 /// Condition type (kstatus): progress needs a change by the user.
 pub const STALLED: &str = "Stalled";
 
-/// Why a condition has its status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// A valid token is in place.
-    TokenIssued,
-    /// The client Secret does not exist.
-    ClientSecretNotFound,
-    /// The client Secret lacks a key.
-    ClientSecretKeyMissing,
-    /// The token endpoint rejected the client credentials or the request.
-    InvalidClientCredentials,
-    /// The token endpoint could not be reached or failed.
-    TokenEndpointUnavailable,
-    /// The token endpoint answered 429.
-    RateLimited,
-    /// The target Secret exists and belongs to someone else.
-    TargetSecretConflict,
-    /// The token expired and was not renewed.
-    TokenExpired,
-    /// Renewals are suspended.
+/// What the status should say, as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Situation {
+    /// All is well (or a token is being requested: see [`describe`]).
+    Ready,
+    /// `spec.suspend` is set.
     Suspended,
-    /// The spec cannot be acted on.
-    InvalidSpec,
-    /// The DSCC API rejected the new token.
-    VerifyFailed,
-    /// A token request is in progress.
-    Issuing,
-}
-
-impl Reason {
-    /// Every reason, for metrics and documentation.
-    pub const ALL: [Reason; 12] = [
-        Reason::TokenIssued,
-        Reason::ClientSecretNotFound,
-        Reason::ClientSecretKeyMissing,
-        Reason::InvalidClientCredentials,
-        Reason::TokenEndpointUnavailable,
-        Reason::RateLimited,
-        Reason::TargetSecretConflict,
-        Reason::TokenExpired,
-        Reason::Suspended,
-        Reason::InvalidSpec,
-        Reason::VerifyFailed,
-        Reason::Issuing,
-    ];
-
-    /// The CamelCase name used in conditions.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::TokenIssued => "TokenIssued",
-            Reason::ClientSecretNotFound => "ClientSecretNotFound",
-            Reason::ClientSecretKeyMissing => "ClientSecretKeyMissing",
-            Reason::InvalidClientCredentials => "InvalidClientCredentials",
-            Reason::TokenEndpointUnavailable => "TokenEndpointUnavailable",
-            Reason::RateLimited => "RateLimited",
-            Reason::TargetSecretConflict => "TargetSecretConflict",
-            Reason::TokenExpired => "TokenExpired",
-            Reason::Suspended => "Suspended",
-            Reason::InvalidSpec => "InvalidSpec",
-            Reason::VerifyFailed => "VerifyFailed",
-            Reason::Issuing => "Issuing",
-        }
-    }
-
-    /// Whether retrying soon cannot help: the user has to change something.
-    pub fn is_permanent(self) -> bool {
-        matches!(
-            self,
-            Reason::InvalidClientCredentials | Reason::InvalidSpec | Reason::VerifyFailed
-        )
-    }
-
-    /// Parses a name written by [`Reason::as_str`].
-    pub fn parse(name: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == name)
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+    /// Something the user must fix; no request is made until it changes.
+    Blocked {
+        /// Why.
+        reason: Reason,
+        /// What to fix.
+        message: String,
+    },
+    /// An action failed; the next attempt is due at `next_retry`.
+    Failing {
+        /// Why; it also says whether the failure is permanent.
+        reason: Reason,
+        /// What happened and what to fix.
+        message: String,
+        /// When the next attempt is due.
+        next_retry: Timestamp,
+    },
 }
 
 /// A condition before its bookkeeping fields are filled in.
@@ -186,13 +126,15 @@ pub fn describe(situation: &Situation, token: TokenHealth) -> Vec<Desired> {
         Situation::Failing {
             reason,
             message,
-            permanent,
             next_retry,
         } => {
+            let permanent = reason.is_permanent();
             let retry = format!("{message}; next attempt at {next_retry}");
-            let progress = if *permanent { STALLED } else { RECONCILING };
+            let progress = if permanent { STALLED } else { RECONCILING };
             let ready = match current_valid {
-                Some((expires_at, _)) if !permanent => desired(
+                // A failure of something after the token (a rollout restart) or a passing
+                // failure of a renewal leaves a valid token in place: still Ready.
+                Some((expires_at, _)) if !permanent || !reason.concerns_the_token() => desired(
                     READY,
                     true,
                     Reason::TokenIssued,
@@ -263,7 +205,6 @@ mod tests {
                 Reason::TokenEndpointUnavailable
             },
             message: "boom".into(),
-            permanent,
             next_retry: at(100),
         }
     }
@@ -369,9 +310,18 @@ mod tests {
     }
 
     #[test]
-    fn reasons_round_trip_through_their_names() {
-        for reason in Reason::ALL {
-            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
-        }
+    fn a_failed_rollout_restart_keeps_a_valid_token_ready() {
+        let situation = Situation::Failing {
+            reason: Reason::RolloutRestartFailed,
+            message: "could not restart Deployment reporter".into(),
+            next_retry: at(700),
+        };
+        assert_eq!(
+            types(&describe(&situation, valid(true))),
+            [
+                (READY, true, Reason::TokenIssued),
+                (RECONCILING, true, Reason::RolloutRestartFailed)
+            ]
+        );
     }
 }

@@ -1,71 +1,71 @@
 //! dscc-token-operator: keeps HPE GreenLake / DSCC API access tokens fresh in Kubernetes
 //! Secrets.
 //!
-//! The design in one line per module:
-//! - [`api`]: the `DsccCredential` custom resource.
-//! - [`token`]: the OAuth 2.0 client-credentials exchange.
-//! - [`schedule`]: renewal times, jitter and retry backoff.
-//! - [`planner`]: the pure decision of what to do next.
-//! - [`conditions`]: `Ready` / `Reconciling` / `Stalled`.
-//! - [`target_secret`]: the Secret the token is written to.
-//! - [`controller`]: the Kubernetes wiring that gathers inputs and carries out the plan.
-//! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
-//! - [`dscc_api`]: the probe that verifies a new token; [`rollout`]: workload restarts.
+//! The modules, in the order a reconcile uses them:
+//! - [`api`]: the `DsccCredential` custom resource (the CRD is generated from it).
+//! - [`controller`]: the watches and the reconcile loop that carries out the planner's steps.
+//! - [`secret_index`]: which credentials use which Secret, and the facts the metadata watch
+//!   gives about those Secrets.
+//! - [`own_writes`]: the operator's memory of its own last writes (the stale-cache answer).
+//! - [`observe`]: the pure translation of what is known into an observation.
+//! - [`planner`]: the decision, step by step, with every outcome fed back.
+//! - [`steps`]: the steps the planner asks for and the outcomes the controller reports.
+//! - [`reason`]: the one classification of failures and how each is retried.
+//! - [`schedule`]: renewal times, jitter, retry backoff, durations.
+//! - [`conditions`], [`status`]: `Ready` / `Reconciling` / `Stalled` and the status.
+//! - [`target_secret`]: the Secrets the operator writes and their bookkeeping.
+//! - [`minter`]: token groups (one token per identical request) and the per-host gate.
+//! - [`token`]: the OAuth 2.0 client: grants, responses, redaction, the per-host rate limit.
+//! - [`verify`]: the probe of the DSCC API that checks a new token.
+//! - [`rollout`]: restarts of workloads after a new token, batched per workload.
+//! - [`leader`]: leader election and the leadership every request checks.
+//! - [`metrics`], [`ops_server`]: Prometheus metrics; the operator's own HTTP endpoints.
+//! - [`cli`]: the `status` and `renew` commands (also installed as `kubectl-dscc`).
 
 pub mod api;
+pub mod cli;
 pub mod conditions;
 pub mod controller;
-pub mod dscc_api;
-pub mod http;
+pub mod leader;
 pub mod metrics;
+pub mod minter;
+pub mod observe;
+pub mod ops_server;
+pub mod own_writes;
 pub mod planner;
+pub mod reason;
 pub mod rollout;
 pub mod schedule;
+pub mod secret_index;
 pub mod status;
+pub mod steps;
 pub mod target_secret;
 pub mod token;
+pub mod verify;
 
-/// Errors at the Kubernetes API boundary of the controller.
-///
-/// Token endpoint failures are not errors of the reconciler: they are reported in the
-/// status and retried on their own schedule. What remains are API calls that failed.
+use reason::Failure;
+
+/// Why a reconcile could not complete. Token endpoint failures are not among them: they are
+/// outcomes the planner records in the status and retries on its own schedule.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A call to the Kubernetes API failed.
-    #[error("Kubernetes API call failed: {context}: {source}")]
-    Kube {
-        /// What the operator was doing.
-        context: String,
-        /// The client error.
-        #[source]
-        source: Box<kube::Error>,
-    },
-    /// The credential has no namespace (it is namespaced, so this means a broken object).
-    #[error("DsccCredential {0} has no namespace")]
-    MissingNamespace(String),
+    #[error("{}", .0.message)]
+    Api(Failure),
 }
 
 impl Error {
     /// A short, bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube { .. } => "kube_api",
-            Error::MissingNamespace(_) => "missing_namespace",
+            Error::Api(failure) => failure.reason.as_str(),
         }
     }
-}
 
-/// Attaches what the operator was doing to a Kubernetes API error.
-pub(crate) trait KubeContext<T> {
-    /// Wraps the error with `context`.
-    fn context(self, context: impl FnOnce() -> String) -> Result<T, Error>;
-}
-
-impl<T> KubeContext<T> for Result<T, kube::Error> {
-    fn context(self, context: impl FnOnce() -> String) -> Result<T, Error> {
-        self.map_err(|source| Error::Kube {
-            context: context(),
-            source: Box::new(source),
-        })
+    /// Whether retrying soon cannot help (the API server refuses for good, say RBAC).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::Api(failure) => failure.reason.is_permanent(),
+        }
     }
 }

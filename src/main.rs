@@ -1,4 +1,4 @@
-//! The `dscc-token-operator` command: `run`, `crd` and `token`.
+//! The `dscc-token-operator` command: `run`, `crd`, `token`, `status` and `renew`.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -9,14 +9,18 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dscc_token_operator::api::{AuthMethod, DsccCredential};
-use dscc_token_operator::controller::{self, Context, Settings};
-use dscc_token_operator::http::{self, Readiness};
+use dscc_token_operator::controller::{self, Context, Settings, SystemClock};
+use dscc_token_operator::leader::{Election, Leadership, LeaseSettings};
 use dscc_token_operator::metrics::Metrics;
+use dscc_token_operator::minter::Minter;
+use dscc_token_operator::observe::Policy;
+use dscc_token_operator::ops_server::{self, Readiness};
 use dscc_token_operator::schedule::{RetryPolicy, parse_duration};
+use dscc_token_operator::token::rate_limit::{GateConfig, HostGate};
 use dscc_token_operator::token::{
-    ClientCredentials, ClientSecret, TokenClient, TokenClientConfig, TokenRequest,
+    ClientCredentials, ExposeSecret, Grant, GrantKind, SecretString, TokenClient, TokenClientConfig,
 };
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::CustomResourceExt;
 use tracing_subscriber::EnvFilter;
 
@@ -85,9 +89,30 @@ struct RunArgs {
     /// How many credentials are reconciled at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
-    /// Token requests per second per token endpoint host, across all credentials.
+    /// Token requests per second per token endpoint host, across all credentials: the
+    /// highest rate; after a 429 it is halved and raised again slowly.
     #[arg(long, default_value_t = NonZeroU32::new(10).expect("non-zero"))]
     token_requests_per_second: NonZeroU32,
+    /// Token requests in flight per token endpoint host at most, so that a host that never
+    /// answers cannot hold every reconcile.
+    #[arg(long, default_value_t = 4)]
+    max_requests_in_flight_per_host: usize,
+    /// No token is renewed sooner than this after it was issued (a floor for endpoints that
+    /// issue tokens of a few seconds).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    min_renewal_interval: Duration,
+    /// Credentials whose token request would be identical share one token (one request per
+    /// renewal for the group). `--share-tokens=false` gives every credential its own.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    share_tokens: bool,
+    /// Reconcile only DsccCredentials matching this label selector (e.g. `shard=a`), to
+    /// split credentials between several operator Deployments.
+    #[arg(long, env = "LABEL_SELECTOR")]
+    label_selector: Option<String>,
+    /// Restarts of one workload asked for within this window (credentials renewing together)
+    /// become one rollout.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    rollout_restart_batch_window: Duration,
     /// First retry delay after a transient failure (doubles up to --retry-max-delay).
     #[arg(long, default_value = "5s", value_parser = duration)]
     retry_initial_delay: Duration,
@@ -220,10 +245,7 @@ fn init_logging(args: &LogArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn token_client_config(
-    http: &HttpArgs,
-    requests_per_second: Option<NonZeroU32>,
-) -> anyhow::Result<TokenClientConfig> {
+fn token_client_config(http: &HttpArgs) -> anyhow::Result<TokenClientConfig> {
     let extra_root_certificates_pem =
         match &http.extra_ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|e| {
@@ -237,25 +259,19 @@ fn token_client_config(
         default_lifetime: http.default_token_lifetime,
         extra_root_certificates_pem,
         allow_insecure_http: http.allow_insecure_token_url,
-        requests_per_second_per_host: requests_per_second,
         ..TokenClientConfig::default()
     })
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log)?;
-    let tokens = TokenClient::new(token_client_config(
-        &args.http,
-        Some(args.token_requests_per_second),
-    )?)?;
+    let tokens = TokenClient::new(token_client_config(&args.http)?)?;
     let client = kube::Client::try_default().await?;
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let settings = Settings {
-        namespaces: args.namespaces,
-        concurrency: args.concurrency,
+    let policy = Policy {
         retry: RetryPolicy {
             transient_initial: args.retry_initial_delay,
             transient_max: args.retry_max_delay,
@@ -263,13 +279,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             permanent_max: args.permanent_retry_delay.max(Duration::from_secs(3600)),
         },
         allow_insecure_http: args.http.allow_insecure_token_url,
-        resync: args.resync_interval,
+        min_renewal_interval: SignedDuration::try_from(args.min_renewal_interval)?,
+        share_tokens: args.share_tokens,
+        resync: SignedDuration::try_from(args.resync_interval)?,
+    };
+    let settings = Settings {
+        namespaces: args.namespaces,
+        label_selector: args.label_selector,
+        concurrency: args.concurrency,
+        policy,
         instance: Some(identity.clone()),
+        rollout_batch_window: args.rollout_restart_batch_window,
     };
     let metrics = Arc::new(Metrics::new());
     let readiness = Readiness::default();
-    let metrics_address = http::serve_metrics(args.metrics_address, metrics.clone()).await?;
-    let health_address = http::serve_health(args.health_address, readiness.clone()).await?;
+    let metrics_address = ops_server::serve_metrics(args.metrics_address, metrics.clone()).await?;
+    let health_address = ops_server::serve_health(args.health_address, readiness.clone()).await?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         %metrics_address,
@@ -278,7 +303,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     // `stop` turns true on SIGTERM or ctrl-c, and when leadership is lost.
-    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let (stop_sender, mut stop) = tokio::sync::watch::channel(false);
     let stop_sender = Arc::new(stop_sender);
     tokio::spawn({
         let stop_sender = stop_sender.clone();
@@ -288,74 +313,75 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             stop_sender.send_replace(true);
         }
     });
-    let ctx = Arc::new(Context::new(client.clone(), tokens, settings, metrics));
+    let gate = HostGate::new(GateConfig {
+        max_rate: args.token_requests_per_second,
+        max_in_flight: args.max_requests_in_flight_per_host.max(1),
+        ..GateConfig::default()
+    });
+    let start_controller = |leadership: Leadership| {
+        let minter = Arc::new(Minter::new(
+            tokens.clone(),
+            gate.clone(),
+            metrics.clone(),
+            leadership.clone(),
+            Arc::new(SystemClock),
+        ));
+        Context::new(
+            client.clone(),
+            minter,
+            settings.clone(),
+            metrics.clone(),
+            leadership,
+            Arc::new(SystemClock),
+        )
+    };
 
     if !args.leader_election {
+        metrics.set_leader(true);
+        let ctx = start_controller(Leadership::unconditional());
         controller::run(ctx, stop, readiness).await;
         tracing::info!("stopped");
         return Ok(());
     }
 
-    let duration = args.leader_election_lease_duration.as_secs().max(2);
-    let manager =
-        kube_lease_manager::LeaseManagerBuilder::new(client, &args.leader_election_lease_name)
-            .with_namespace(&args.leader_election_namespace)
-            .with_identity(&identity)
-            .with_duration(duration)
-            .with_grace((duration / 3).max(1))
-            .with_field_manager(dscc_token_operator::api::MANAGER)
-            .build()
-            .await?;
-    let (mut leader, lease_task) = manager.watch().await;
+    let lease = LeaseSettings {
+        namespace: args.leader_election_namespace.clone(),
+        name: args.leader_election_lease_name.clone(),
+        identity: identity.clone(),
+        duration: args.leader_election_lease_duration,
+        field_manager: dscc_token_operator::api::MANAGER.into(),
+    };
+    let mut election = Election::start(client.clone(), &lease).await?;
+    metrics.set_leader(false);
     // A standby replica is healthy and ready; it just does not reconcile.
     readiness.set(true);
-    tracing::info!(
-        lease = %args.leader_election_lease_name,
-        namespace = %args.leader_election_namespace,
-        %identity,
-        "waiting for leadership"
-    );
-    let mut waiting_stop = stop.clone();
-    let became_leader = tokio::select! {
-        result = leader.wait_for(|is_leader| *is_leader) => Some(result.is_ok()),
-        _ = waiting_stop.wait_for(|stop| *stop) => None,
-    };
-    match became_leader {
-        Some(true) => {}
-        Some(false) => anyhow::bail!("leader election ended unexpectedly"),
-        None => {
-            drop(leader);
-            let _ = lease_task.await;
-            tracing::info!("stopped before becoming leader");
-            return Ok(());
-        }
+    tracing::info!(lease = %lease.name, namespace = %lease.namespace, %identity, "waiting for leadership");
+    if !election.acquired(&mut stop).await? {
+        election.release().await;
+        tracing::info!("stopped before becoming leader");
+        return Ok(());
     }
     tracing::info!("became leader; reconciling");
+    metrics.set_leader(true);
     readiness.set(false);
-    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let leadership = election.leadership.clone();
     let lost_watch = tokio::spawn({
-        let lost = lost.clone();
         let stop_sender = stop_sender.clone();
-        let mut leader = leader.clone();
+        let lost = leadership.lost();
         async move {
-            if leader.wait_for(|is_leader| !*is_leader).await.is_ok() {
-                lost.store(true, std::sync::atomic::Ordering::Release);
-                stop_sender.send_replace(true);
-            }
+            lost.await;
+            stop_sender.send_replace(true);
         }
     });
+    let ctx = start_controller(leadership.clone());
     controller::run(ctx, stop, readiness).await;
-    // Dropping the last receiver (the watch task holds a clone) makes the lease manager
-    // release the Lease, so a standby takes over at once instead of after the lease duration.
+    let lost = !leadership.is_leader();
     lost_watch.abort();
     let _ = lost_watch.await;
-    drop(leader);
-    match lease_task.await {
-        Ok(Ok(_)) => tracing::info!("released the leader-election Lease"),
-        Ok(Err(error)) => tracing::warn!(%error, "could not release the Lease"),
-        Err(error) => tracing::warn!(%error, "the lease task failed"),
-    }
-    if lost.load(std::sync::atomic::Ordering::Acquire) {
+    drop(leadership);
+    metrics.set_leader(false);
+    election.release().await;
+    if lost {
         anyhow::bail!("lost leadership; exiting so that a fresh process can compete again");
     }
     tracing::info!("stopped");
@@ -395,16 +421,17 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
     };
     let credentials = ClientCredentials {
         client_id: args.client_id.trim().to_owned(),
-        client_secret: ClientSecret::new(secret.trim().to_owned()),
+        client_secret: SecretString::from(secret.trim().to_owned()),
     };
-    let client = TokenClient::new(token_client_config(&args.http, None)?)?;
-    let request = TokenRequest {
-        token_url: &args.token_url,
-        credentials: &credentials,
+    let client = TokenClient::new(token_client_config(&args.http)?)?;
+    let grant = Grant {
+        token_url: args.token_url.clone(),
+        credentials: Some(credentials),
         auth_method: args.auth_method.into(),
-        scopes: &args.scopes,
+        scopes: args.scopes.clone(),
+        kind: GrantKind::ClientCredentials,
     };
-    let token = client.exchange(&request, Timestamp::now()).await?;
+    let token = client.exchange(&grant, Timestamp::now()).await?;
     println!("token type:  {}", token.token_type);
     println!(
         "lifetime:    {}s (from {:?})",
@@ -416,10 +443,13 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
     if let Some(scope) = &token.scope {
         println!("scope:       {scope}");
     }
+    if token.refresh_token.is_some() {
+        println!("refresh token: offered (not printed)");
+    }
     match &token.claims {
         Some(claims) => {
             println!("JWT claims (signature not verified):");
-            for (name, value) in claims {
+            for (name, value) in dscc_token_operator::token::response::displayable_claims(claims) {
                 println!("  {name}: {value}");
             }
         }

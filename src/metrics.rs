@@ -60,6 +60,20 @@ struct BuildLabels {
     version: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadLabels {
+    namespace: String,
+    kind: &'static str,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    namespace: String,
+    name: String,
+    group: String,
+}
+
 const READY_VALUES: [&str; 3] = ["True", "False", "Unknown"];
 
 /// The operator's metrics and their registry.
@@ -73,6 +87,12 @@ pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_duration: Histogram,
+    leader: Gauge,
+    restarts: Family<WorkloadLabels, Counter>,
+    groups: Gauge,
+    shared_groups: Gauge,
+    membership: Family<GroupLabels, Gauge>,
+    group_of: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
 }
 
 impl Default for Metrics {
@@ -143,6 +163,36 @@ impl Metrics {
             })
             .set(1);
         registry.register("dscc_build_info", "The operator's version", build);
+        let leader = Gauge::default();
+        registry.register(
+            "dscc_leader_election_is_leader",
+            "1 on the replica that holds the leader-election Lease (or runs without election), 0 on standbys",
+            leader.clone(),
+        );
+        let restarts = Family::<WorkloadLabels, Counter>::default();
+        registry.register(
+            "dscc_rollout_restarts",
+            "Rollout restarts of workloads for new tokens, by workload",
+            restarts.clone(),
+        );
+        let groups = Gauge::default();
+        registry.register(
+            "dscc_token_groups",
+            "Token groups: credentials whose token request would be identical share one token",
+            groups.clone(),
+        );
+        let shared_groups = Gauge::default();
+        registry.register(
+            "dscc_token_groups_shared",
+            "Token groups with more than one credential",
+            shared_groups.clone(),
+        );
+        let membership = Family::<GroupLabels, Gauge>::default();
+        registry.register(
+            "dscc_credential_token_group",
+            "1 for each credential and the token group it belongs to (an opaque id)",
+            membership.clone(),
+        );
         Self {
             registry,
             expiration,
@@ -153,7 +203,79 @@ impl Metrics {
             reconciles,
             reconcile_errors,
             reconcile_duration,
+            leader,
+            restarts,
+            groups,
+            shared_groups,
+            membership,
+            group_of: Default::default(),
         }
+    }
+
+    /// Whether this replica leads.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// Counts a rollout restart of a workload.
+    pub fn rollout_restarted(&self, namespace: &str, kind: crate::api::WorkloadKind, name: &str) {
+        let kind = match kind {
+            crate::api::WorkloadKind::Deployment => "Deployment",
+            crate::api::WorkloadKind::StatefulSet => "StatefulSet",
+            crate::api::WorkloadKind::DaemonSet => "DaemonSet",
+        };
+        self.restarts
+            .get_or_create(&WorkloadLabels {
+                namespace: namespace.to_owned(),
+                kind,
+                name: name.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The number of token groups, and of those shared by several credentials.
+    pub fn token_groups(&self, all: usize, shared: usize) {
+        self.groups.set(i64::try_from(all).unwrap_or(i64::MAX));
+        self.shared_groups
+            .set(i64::try_from(shared).unwrap_or(i64::MAX));
+    }
+
+    /// Records the token group of a credential (replacing an earlier one).
+    pub fn token_group(&self, namespace: &str, name: &str, group: &str) {
+        self.forget_token_group(namespace, name);
+        self.membership
+            .get_or_create(&GroupLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                group: group.to_owned(),
+            })
+            .set(1);
+        self.memberships()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((namespace.to_owned(), name.to_owned()), group.to_owned());
+    }
+
+    /// Removes the token group series of a credential.
+    pub fn forget_token_group(&self, namespace: &str, name: &str) {
+        let old = self
+            .memberships()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(namespace.to_owned(), name.to_owned()));
+        if let Some(group) = old {
+            self.membership.remove(&GroupLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                group,
+            });
+        }
+    }
+
+    fn memberships(
+        &self,
+    ) -> &std::sync::Mutex<std::collections::HashMap<(String, String), String>> {
+        &self.group_of
     }
 
     /// The metrics in the Prometheus text format.
@@ -192,6 +314,7 @@ impl Metrics {
 
     /// Removes every series of a deleted credential.
     pub fn forget_credential(&self, credential: &CredentialLabels) {
+        self.forget_token_group(&credential.namespace, &credential.name);
         self.expiration.remove(credential);
         self.renewal.remove(credential);
         for condition in READY_VALUES {

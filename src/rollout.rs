@@ -1,16 +1,28 @@
 //! Rollout restarts of workloads that read the token only at start.
 //!
-//! Each target's pod template carries `dscc.io/restartedAt: <the token's stamp>`. A
-//! target whose annotation already names the current token is left alone, so a workload is
-//! restarted once per new token, and an operator restart restarts nothing.
+//! A restart patches the pod template annotation `dscc.io/restartedAt` to the token's stamp.
+//! The credential's status remembers which token each workload was restarted for, so a
+//! workload is restarted once per new token, an operator restart restarts nothing, and a
+//! GitOps tool that reverts the annotation (Argo CD self-heal) causes no restart loop.
+//!
+//! Restarts of one workload asked for within a short window (credentials of one token group
+//! renew together) are carried out as one patch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
+use tokio::sync::oneshot;
 
 use crate::api::{MANAGER, RolloutRestartTarget, WorkloadKind};
-use crate::planner::TokenRecord;
+use crate::metrics::Metrics;
+use crate::reason::{Failure, Reason};
+use crate::steps::Restart;
+use crate::target_secret::TokenRecord;
 
 /// Pod template annotation that triggers and records a restart.
 pub const RESTARTED_AT: &str = "dscc.io/restartedAt";
@@ -22,17 +34,6 @@ pub fn stamp(record: &TokenRecord) -> String {
     format!("{} {}", record.issued_at, &hash[..hash.len().min(8)])
 }
 
-/// What happened to one target.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RestartOutcome {
-    /// Its pod template was patched: a rollout follows.
-    Restarted,
-    /// It already runs with the current token.
-    UpToDate,
-    /// No such workload in the namespace.
-    NotFound,
-}
-
 fn resource(kind: WorkloadKind) -> ApiResource {
     match kind {
         WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
@@ -41,55 +42,142 @@ fn resource(kind: WorkloadKind) -> ApiResource {
     }
 }
 
-/// The restart stamp on a workload's pod template, if any.
-fn current_stamp(workload: &DynamicObject) -> Option<&str> {
-    workload.data["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT].as_str()
+type Key = (String, WorkloadKind, String);
+type Waiter = oneshot::Sender<Result<Restart, Failure>>;
+
+struct Batch {
+    stamp: String,
+    waiters: Vec<Waiter>,
 }
 
-/// Restarts `target` unless it already carries `stamp`.
-pub async fn restart(
+/// Carries out restarts, one patch per workload and window.
+pub struct Restarter {
+    client: Client,
+    window: Duration,
+    pending: Mutex<HashMap<Key, Batch>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Restarter {
+    /// A restarter that gathers requests for `window` before it patches.
+    pub fn new(client: Client, window: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            window,
+            pending: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    /// Restarts `target` in `namespace` for the token with `stamp`; joins a restart of the
+    /// same workload already waiting for its window.
+    pub async fn restart(
+        self: &Arc<Self>,
+        namespace: &str,
+        target: &RolloutRestartTarget,
+        stamp: &str,
+    ) -> Result<Restart, Failure> {
+        let key = (namespace.to_owned(), target.kind, target.name.clone());
+        let (sender, receiver) = oneshot::channel();
+        let first = {
+            let mut pending = self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match pending.get_mut(&key) {
+                Some(batch) => {
+                    batch.stamp = batch.stamp.clone().max(stamp.to_owned());
+                    batch.waiters.push(sender);
+                    false
+                }
+                None => {
+                    pending.insert(
+                        key.clone(),
+                        Batch {
+                            stamp: stamp.to_owned(),
+                            waiters: vec![sender],
+                        },
+                    );
+                    true
+                }
+            }
+        };
+        if first {
+            let this = self.clone();
+            tokio::spawn(async move { this.run_batch(key).await });
+        }
+        receiver.await.unwrap_or_else(|_| {
+            Err(Failure::new(
+                Reason::RolloutRestartFailed,
+                "the restart was abandoned (the operator is stopping)",
+            ))
+        })
+    }
+
+    async fn run_batch(self: Arc<Self>, key: Key) {
+        tokio::time::sleep(self.window).await;
+        let Some(batch) = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key)
+        else {
+            return;
+        };
+        let (namespace, kind, name) = &key;
+        let result = patch(&self.client, namespace, *kind, name, &batch.stamp).await;
+        if matches!(result, Ok(Restart::Restarted)) {
+            self.metrics.rollout_restarted(namespace, *kind, name);
+            tracing::info!(
+                namespace,
+                ?kind,
+                name,
+                waiters = batch.waiters.len(),
+                "restarted workload for a new token"
+            );
+        }
+        for waiter in batch.waiters {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+/// Patches the workload's pod template annotation; a missing workload is `NotFound`.
+async fn patch(
     client: &Client,
     namespace: &str,
-    target: &RolloutRestartTarget,
+    kind: WorkloadKind,
+    name: &str,
     stamp: &str,
-) -> Result<RestartOutcome, kube::Error> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), namespace, &resource(target.kind));
-    let Some(workload) = api.get_opt(&target.name).await? else {
-        return Ok(RestartOutcome::NotFound);
-    };
-    if current_stamp(&workload) == Some(stamp) {
-        return Ok(RestartOutcome::UpToDate);
-    }
+) -> Result<Restart, Failure> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource(kind));
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}});
-    api.patch(
-        &target.name,
-        &PatchParams::apply(MANAGER),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(RestartOutcome::Restarted)
+    match api
+        .patch(name, &PatchParams::apply(MANAGER), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(Restart::Restarted),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Restart::NotFound),
+        Err(kube::Error::Api(status)) if status.code == 403 => Err(Failure::new(
+            Reason::RolloutRestartFailed,
+            format!(
+                "the operator may not patch {kind:?} {namespace}/{name} ({}): enable rollout \
+                 restarts in the Helm chart (rolloutRestart.enabled=true) or grant get and \
+                 patch on it",
+                status.message
+            ),
+        )),
+        Err(error) => Err(Failure::from_kube(
+            &error,
+            Reason::RolloutRestartFailed,
+            &format!("patching {kind:?} {namespace}/{name}"),
+        )),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_the_stamp_from_the_pod_template() {
-        let workload: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "reporter"},
-            "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: "2026-11-25T10:00:00Z"}}}}
-        }))
-        .unwrap();
-        assert_eq!(current_stamp(&workload), Some("2026-11-25T10:00:00Z"));
-        let bare: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "reporter"},
-            "spec": {}
-        }))
-        .unwrap();
-        assert_eq!(current_stamp(&bare), None);
-    }
 
     #[test]
     fn two_tokens_issued_in_the_same_second_get_different_stamps() {
@@ -99,9 +187,10 @@ mod tests {
             spec_hash: "spec-1".into(),
             credentials_fingerprint: "sha256:fp".into(),
             refresh_requested_at: None,
-            data_intact: true,
             token_hash: hash.into(),
             verification: None,
+            grant: None,
+            subject_token_hash: None,
         };
         let first = stamp(&record("sha256:0a1b2c3d4e5f"));
         assert_eq!(first, "2026-11-25T10:00:00Z 0a1b2c3d");

@@ -23,17 +23,22 @@ const JITTER_FRACTION: f64 = 0.05;
 /// The time to request the next token for a token valid from `issued_at` to `expires_at`.
 ///
 /// The jitter spreads renewals of many credentials over up to 5% of the lifetime, and only
-/// ever moves the renewal earlier; the result is rounded down to a whole second. It is derived from `jitter_seed`, so the same token gets
-/// the same renewal time after an operator restart.
+/// ever moves the renewal earlier; the result is rounded down to a whole second. It is
+/// derived from `jitter_seed`, so the same token gets the same renewal time after an operator
+/// restart. No renewal comes sooner than `min_interval` after the token was issued: an
+/// endpoint that issues tokens of a few seconds cannot make the operator ask in a loop.
+/// The arithmetic is checked throughout: the times may come from an edited Secret.
 pub fn renewal_time(
     issued_at: Timestamp,
     expires_at: Timestamp,
     refresh: RefreshBefore,
     jitter_seed: u64,
+    min_interval: SignedDuration,
 ) -> Timestamp {
+    let floor = issued_at.checked_add(min_interval).unwrap_or(issued_at);
     let lifetime = expires_at.duration_since(issued_at);
     if lifetime <= SignedDuration::ZERO {
-        return expires_at;
+        return expires_at.max(floor);
     }
     let default_before = lifetime / 3;
     let before = match refresh {
@@ -43,12 +48,15 @@ pub fn renewal_time(
         RefreshBefore::Percentage(p) => lifetime.mul_f64(f64::from(p.clamp(1, 99)) / 100.0),
     };
     let jitter = lifetime.mul_f64(JITTER_FRACTION * unit_interval(jitter_seed));
-    let renewal = expires_at - before - jitter;
+    let renewal = expires_at
+        .checked_sub(before)
+        .and_then(|t| t.checked_sub(jitter))
+        .unwrap_or(issued_at);
     // Whole seconds, rounded down (earlier is safe): Kubernetes times hold no fractions and
     // the status, the metrics and the requeue must agree. Never before the token was issued:
     // with refreshBeforePercentage 99 and full jitter the arithmetic could land there.
     let renewal = Timestamp::from_second(renewal.as_second()).unwrap_or(renewal);
-    renewal.max(issued_at)
+    renewal.max(issued_at).max(floor)
 }
 
 /// A seed for [`renewal_time`] that is stable for one token of one credential.
@@ -167,13 +175,25 @@ mod tests {
 
     #[test]
     fn renews_a_third_of_the_lifetime_before_expiry_without_jitter() {
-        let renewal = renewal_time(at(0), at(TWO_HOURS), RefreshBefore::Default, 0);
+        let renewal = renewal_time(
+            at(0),
+            at(TWO_HOURS),
+            RefreshBefore::Default,
+            0,
+            SignedDuration::ZERO,
+        );
         assert_eq!(renewal, at(TWO_HOURS - 2400));
     }
 
     #[test]
     fn renews_fifteen_minute_tokens_after_ten_minutes_without_jitter() {
-        let renewal = renewal_time(at(0), at(FIFTEEN_MINUTES), RefreshBefore::Default, 0);
+        let renewal = renewal_time(
+            at(0),
+            at(FIFTEEN_MINUTES),
+            RefreshBefore::Default,
+            0,
+            SignedDuration::ZERO,
+        );
         assert_eq!(renewal, at(600));
     }
 
@@ -188,10 +208,11 @@ mod tests {
                 RefreshBefore::Duration(SignedDuration::from_mins(20)),
             ),
         ] {
-            let planned = renewal_time(at(0), at(lifetime), refresh, 0);
+            let planned = renewal_time(at(0), at(lifetime), refresh, 0, SignedDuration::ZERO);
             let mut earliest = planned;
             for seed in (0..2000u64).map(|i| jitter_seed(&format!("uid-{i}"), at(0))) {
-                let renewal = renewal_time(at(0), at(lifetime), refresh, seed);
+                let renewal =
+                    renewal_time(at(0), at(lifetime), refresh, seed, SignedDuration::ZERO);
                 assert!(renewal <= planned, "jitter moved renewal later");
                 let earlier_by = planned.duration_since(renewal).as_secs_f64();
                 // 5% of the lifetime, plus the rounding down to a whole second.
@@ -216,7 +237,7 @@ mod tests {
     fn refresh_before_is_taken_as_is_when_shorter_than_the_lifetime() {
         let refresh = RefreshBefore::Duration(SignedDuration::from_mins(20));
         assert_eq!(
-            renewal_time(at(0), at(TWO_HOURS), refresh, 0),
+            renewal_time(at(0), at(TWO_HOURS), refresh, 0, SignedDuration::ZERO),
             at(TWO_HOURS - 1200)
         );
     }
@@ -225,21 +246,66 @@ mod tests {
     fn refresh_before_longer_than_the_lifetime_falls_back_to_a_third() {
         let refresh = RefreshBefore::Duration(SignedDuration::from_hours(3));
         assert_eq!(
-            renewal_time(at(0), at(FIFTEEN_MINUTES), refresh, 0),
+            renewal_time(at(0), at(FIFTEEN_MINUTES), refresh, 0, SignedDuration::ZERO),
             at(600)
         );
     }
 
     #[test]
     fn refresh_before_percentage_is_the_share_of_the_lifetime_that_remains() {
-        let renewal = renewal_time(at(0), at(TWO_HOURS), RefreshBefore::Percentage(25), 0);
+        let renewal = renewal_time(
+            at(0),
+            at(TWO_HOURS),
+            RefreshBefore::Percentage(25),
+            0,
+            SignedDuration::ZERO,
+        );
         assert_eq!(renewal, at(5400));
     }
 
     #[test]
     fn renewal_is_never_before_issuance() {
-        let renewal = renewal_time(at(0), at(100), RefreshBefore::Percentage(99), u64::MAX);
+        let renewal = renewal_time(
+            at(0),
+            at(100),
+            RefreshBefore::Percentage(99),
+            u64::MAX,
+            SignedDuration::ZERO,
+        );
         assert_eq!(renewal, at(0));
+    }
+
+    #[test]
+    fn tokens_of_a_few_seconds_are_renewed_no_sooner_than_the_floor() {
+        let floor = SignedDuration::from_secs(30);
+        for lifetime in [1, 2, 3, 10] {
+            let renewal = renewal_time(at(0), at(lifetime), RefreshBefore::Default, 0, floor);
+            assert_eq!(renewal, at(30), "{lifetime}s tokens");
+        }
+        let two_hours = renewal_time(at(0), at(TWO_HOURS), RefreshBefore::Default, 0, floor);
+        assert_eq!(
+            two_hours,
+            at(TWO_HOURS - 2400),
+            "the floor does not touch normal tokens"
+        );
+    }
+
+    #[test]
+    fn extreme_times_never_overflow() {
+        let earliest = Timestamp::MIN;
+        let latest = Timestamp::MAX;
+        for (issued, expires) in [(earliest, latest), (latest, earliest), (earliest, earliest)] {
+            for refresh in [RefreshBefore::Percentage(99), RefreshBefore::Default] {
+                let renewal = renewal_time(
+                    issued,
+                    expires,
+                    refresh,
+                    u64::MAX,
+                    SignedDuration::from_secs(30),
+                );
+                assert!(renewal >= issued.min(expires));
+            }
+        }
     }
 
     #[test]

@@ -39,6 +39,34 @@ helm.sh/chart: {{ include "dscc-token-operator.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: dscc-token-operator
+{{- with (include "dscc-token-operator.global" . | fromYaml).commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+.Values.global, or an empty map when the chart is installed alone (Helm then may pass no
+global values at all).
+*/}}
+{{- define "dscc-token-operator.global" -}}
+{{- toYaml (default dict .Values.global) }}
+{{- end }}
+
+{{/*
+The Pod's image pull Secrets: global.imagePullSecrets then imagePullSecrets, without
+duplicates.
+*/}}
+{{- define "dscc-token-operator.imagePullSecrets" -}}
+{{- $global := include "dscc-token-operator.global" . | fromYaml }}
+{{- $secrets := list }}
+{{- range concat (default list $global.imagePullSecrets) .Values.imagePullSecrets }}
+{{- if not (has . $secrets) }}
+{{- $secrets = append $secrets . }}
+{{- end }}
+{{- end }}
+{{- with $secrets }}
+{{- toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -87,32 +115,68 @@ Where the extra CA bundle is mounted, and the file the operator reads.
 {{- end }}
 
 {{/*
-Rules of the operator's role for the namespaces it works in: DsccCredentials, Secrets (client
-Secrets are read, target Secrets written), Events, and the workloads it restarts after a new
-token. The same rules serve as ClusterRole (cluster-wide mode) or Role (namespaced mode).
+Rules of the operator's role in the namespaces it works in. The same rules serve as the
+ClusterRole (cluster-wide mode) or as a Role in each watched namespace (namespaced mode).
+They are exactly the API calls the operator makes (see the chart README's RBAC table):
+- dscccredentials: list and watch (the informer; no get, no update: the spec is never written);
+- dscccredentials/status: patch (server-side apply of the status);
+- dscccredentials/finalizers: update. Clusters with the OwnerReferencesPermissionEnforcement
+  admission plugin demand it to set blockOwnerDeletion in the owner reference of the Secrets
+  the operator creates;
+- secrets: a metadata-only list/watch, GETs of the few Secrets it needs, and create, patch,
+  delete of the target Secrets and the operator-only "<name>-refresh" Secret (delete: the old
+  target after a rename, and a target whose immutable type changed). No update;
+- events.k8s.io events: create and patch (no core "" Events).
+The workloads restarted after a new token are in "dscc-token-operator.rolloutRestartRules".
 */}}
 {{- define "dscc-token-operator.rules" -}}
 - apiGroups: ["dscc.io"]
   resources: ["dscccredentials"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["dscc.io"]
   resources: ["dscccredentials/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: ["dscc.io"]
   resources: ["dscccredentials/finalizers"]
   verbs: ["update"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-- apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+Rules for spec.rolloutRestartTargets: read the workload and patch its Pod template annotation
+dscc.io/restartedAt. Granted only with rolloutRestart.enabled.
+*/}}
+{{- define "dscc-token-operator.rolloutRestartRules" -}}
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets"]
-  verbs: ["get", "list", "patch"]
+  verbs: ["get", "patch"]
+{{- end }}
+
+{{/*
+Rules of the leader-election Role in the release namespace. create cannot be restricted by
+resourceNames (the name is not known at authorization time); get and patch are restricted to
+the one Lease.
+*/}}
+{{- define "dscc-token-operator.leaderElectionRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["create"]
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  resourceNames: [{{ include "dscc-token-operator.leaseName" . | quote }}]
+  verbs: ["get", "patch"]
+{{- end }}
+
+{{/*
+The job label matchers of the operator's scrape job in the alert expressions.
+*/}}
+{{- define "dscc-token-operator.jobSelector" -}}
+{{- default (printf "job=%q" (printf "%s-metrics" (include "dscc-token-operator.fullname" .))) .Values.prometheusRule.jobSelector }}
 {{- end }}
 
 {{/*
@@ -133,5 +197,18 @@ Checks of combinations the schema cannot express.
 {{- end }}
 {{- if eq (int .Values.metrics.port) (int .Values.health.port) }}
 {{- fail "metrics.port and health.port must differ" }}
+{{- end }}
+{{- if and .Values.watchNamespaces .Values.rolloutRestart.enabled }}
+{{- range .Values.rolloutRestart.namespaces }}
+{{- if not (has . $.Values.watchNamespaces) }}
+{{- fail (printf "rolloutRestart.namespaces: %s is not one of watchNamespaces; the operator restarts workloads only where it watches credentials" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if .Values.crds.enabled }}
+{{- $crd := .Files.Get "crds/dscc.io_dscccredentials.yaml" | fromYaml }}
+{{- if or $crd.metadata.labels $crd.metadata.annotations }}
+{{- fail "crds/dscc.io_dscccredentials.yaml has metadata.labels or annotations: templates/crds.yaml must merge them" }}
+{{- end }}
 {{- end }}
 {{- end }}

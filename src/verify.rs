@@ -1,7 +1,9 @@
-//! The DSCC API, as far as the operator talks to it: one cheap probe that tells whether a
-//! new token is accepted.
+//! The verify probe: one cheap call to the DSCC API that tells whether a new token is
+//! accepted, before it replaces the old one.
 
-use crate::token::AccessToken;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::reason::{Failure, Reason};
 
 /// The probe: one audit event, the cheapest authenticated call DSCC has.
 pub const PROBE_PATH: &str = "/api/v1/audit-events?limit=1";
@@ -57,23 +59,35 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
-    /// Whether retrying soon cannot help.
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, VerifyError::Rejected { .. })
+    /// The failure as the planner records it.
+    pub fn to_failure(&self) -> Failure {
+        let reason = match self {
+            VerifyError::Rejected { .. } => Reason::VerifyFailed,
+            VerifyError::Unavailable { .. } => Reason::VerifyUnavailable,
+        };
+        Failure::new(reason, self.to_string())
     }
 }
 
-/// Probes `api_url` with `token`.
+/// Probes `api_url` with `token`. Plain http is refused unless `allow_insecure_http`: the
+/// probe sends the token as a bearer credential.
 pub async fn verify(
     http: &reqwest::Client,
     api_url: &str,
-    token: &AccessToken,
+    token: &SecretString,
+    allow_insecure_http: bool,
 ) -> Result<Verification, VerifyError> {
     let base = api_url.trim_end_matches('/');
     let unavailable = |detail: String| VerifyError::Unavailable {
         api_url: base.to_owned(),
         detail,
     };
+    if base.starts_with("http://") && !allow_insecure_http {
+        return Err(unavailable(
+            "plain http would expose the token; use https (http only with --allow-insecure-token-url)"
+                .to_owned(),
+        ));
+    }
     let response = http
         .get(format!("{base}{PROBE_PATH}"))
         .bearer_auth(token.expose_secret())
@@ -81,6 +95,8 @@ pub async fn verify(
         .send()
         .await
         .map_err(|error| unavailable(describe(&error)))?;
+    // The answer's body is never read: only its status matters, and a hostile API could send
+    // anything.
     match response.status().as_u16() {
         200..=299 => Ok(Verification::Accepted),
         401 => Err(VerifyError::Rejected {
