@@ -23,9 +23,11 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${BUILDER_IMAGE} AS build
 
-# No WORKDIR step: with buildah's vfs storage every step is a full copy of the builder.
-COPY Cargo.toml Cargo.lock /src/
-COPY src /src/src
+# The sources: .dockerignore lets through only Cargo.toml, Cargo.lock, src/ and the
+# workspace's other members (testkit/), which cargo must see to load the workspace.
+# One COPY and no WORKDIR: with buildah's vfs storage every step is a full copy of the
+# builder.
+COPY . /src/
 
 # The crates.io downloads and the target directory are cache mounts: they outlive the build,
 # so a rebuild after a source change recompiles only this crate, and one after a Cargo.lock
@@ -37,13 +39,16 @@ COPY src /src/src
 RUN --mount=type=cache,id=dscc-token-operator-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=dscc-token-operator-target,target=/src/target,sharing=locked \
     cd /src \
-    && find Cargo.toml src -exec touch {} + \
+    && find . -path ./target -prune -o -exec touch {} + \
     && cargo build --release --locked --bin dscc-token-operator \
     && cp target/release/dscc-token-operator /dscc-token-operator \
     && /dscc-token-operator --version
 
 FROM ${RUNTIME_IMAGE}
 
+COPY --from=build /dscc-token-operator /dscc-token-operator
+
+# After the COPY: a new revision changes only this metadata step.
 ARG RUNTIME_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
@@ -55,8 +60,6 @@ LABEL org.opencontainers.image.title="dscc-token-operator" \
       org.opencontainers.image.url="https://github.com/dscc-token-operator/dscc-token-operator" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
-
-COPY --from=build /dscc-token-operator /dscc-token-operator
 
 USER 65532:65532
 # metrics, health

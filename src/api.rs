@@ -317,17 +317,16 @@ pub struct TargetSpec {
     /// Extra labels on the Secret. The labels app.kubernetes.io/managed-by and
     /// dscc.io/credential are the operator's own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64), inner(length(max = 63)))]
+    #[schemars(schema_with = "label_map")]
     #[x_kube(
         validation = Rule::new("!('app.kubernetes.io/managed-by' in self) && !('dscc.io/credential' in self)").message("target.labels must not set app.kubernetes.io/managed-by or dscc.io/credential: the operator owns them"),
-        validation = Rule::new(QUALIFIED_NAME_RULE).message("target.labels keys must be qualified names: an optional DNS-subdomain prefix and '/', then up to 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"),
-        validation = Rule::new("self.all(k, self[k] == '' || self[k].matches('^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))").message("target.labels values must be empty or up to 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit")
+        validation = Rule::new(QUALIFIED_NAME_RULE).message("target.labels keys must be qualified names: an optional DNS-subdomain prefix and '/', then up to 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit")
     )]
     pub labels: BTreeMap<String, String>,
 
     /// Extra annotations on the Secret. Annotations under dscc.io/ are the operator's own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64), inner(length(max = 4096)))]
+    #[schemars(schema_with = "annotation_map")]
     #[x_kube(
         validation = Rule::new("self.all(k, !k.startsWith('dscc.io/'))").message("target.annotations must not use the dscc.io/ prefix: the operator owns it"),
         validation = Rule::new(QUALIFIED_NAME_RULE).message("target.annotations keys must be qualified names: an optional DNS-subdomain prefix and '/', then up to 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit")
@@ -337,6 +336,29 @@ pub struct TargetSpec {
     /// Names of the keys written into the Secret; set a key to "" to leave it out.
     #[serde(default)]
     pub keys: TargetKeys,
+}
+
+/// The schema of `target.labels`: at most 64, each value a valid label value (checked by a
+/// pattern, which costs the API server's CEL budget nothing).
+fn label_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": {
+            "type": "string",
+            "maxLength": 63,
+            "pattern": "^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+        }
+    })
+}
+
+/// The schema of `target.annotations`: at most 64 values of at most 4 KiB each.
+fn annotation_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": {"type": "string", "maxLength": 4096}
+    })
 }
 
 /// Key names in the target Secret. An empty name leaves that entry out.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -261,6 +261,10 @@ fn scope(
     let (sender, receiver) = futures::channel::mpsc::unbounded();
     lock(&ctx.triggers).push((namespace.clone(), sender));
 
+    // "Listed" is signalled from this stream: kube's Store::wait_until_ready wakes only one of
+    // several concurrent waiters (its oneshot receiver keeps one waker), and the controller
+    // itself is one of them.
+    let (listed, listed_receiver) = tokio::sync::watch::channel(false);
     let events_ctx = ctx.clone();
     let credentials = watcher(api_in::<DsccCredential>(&ctx.client, ns), config)
         .backoff(watch_backoff())
@@ -269,45 +273,32 @@ fn scope(
         .inspect(move |event| {
             if let Ok(event) = event {
                 credential_event(event, &events_ctx);
+                if matches!(event, watcher::Event::InitDone) {
+                    listed.send_replace(true);
+                }
             }
         })
         .applied_objects();
 
     // The metadata of every Secret, streamed and never cached: the index keeps facts only of
     // the Secrets a credential uses. It starts once the credentials are listed, so that the
-    // index knows every Secret name in use when the first Secret list arrives.
-    let secret_ctx = ctx.clone();
-    let ready = reader.clone();
+    // index knows every Secret name in use when the first Secret list arrives. It runs as a
+    // task of its own that feeds the controller's trigger channel.
     let secrets_api: Api<PartialObjectMeta<Secret>> = api_in(&ctx.client, ns);
-    let mut on_synced = Some(on_synced);
-    let secret_triggers = futures::stream::once(async move {
-        let _ = ready.wait_until_ready().await;
-    })
-    .flat_map(move |()| {
-        watcher(
-            secrets_api.clone(),
-            watcher::Config::default().any_semantic(),
-        )
-        .backoff(watch_backoff())
-    })
-    .flat_map(move |event| {
-        let refs = match event {
-            Ok(event) => secret_event(event, &secret_ctx.index, &mut on_synced),
-            Err(error) => {
-                debug!(%error, "Secret watch error; it resumes");
-                vec![]
-            }
-        };
-        futures::stream::iter(refs)
-    });
-
+    let secret_watch = tokio::spawn(watch_secrets(
+        secrets_api,
+        listed_receiver,
+        ctx.index.clone(),
+        sender_of(&ctx, &namespace),
+        on_synced,
+    ));
     info!(
         namespace = ns.unwrap_or("<all>"),
         "watching DsccCredentials"
     );
     Controller::for_stream(credentials, reader)
         .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
-        .reconcile_on(futures::stream::select(secret_triggers, receiver))
+        .reconcile_on(receiver)
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|stop| *stop).await;
         })
@@ -318,6 +309,43 @@ fn scope(
                 Err(error) => debug!(%error, "reconcile did not complete"),
             }
         })
+        .then(move |()| async move { secret_watch.abort() })
+}
+
+fn sender_of(ctx: &Context, namespace: &Option<String>) -> Trigger {
+    lock(&ctx.triggers)
+        .iter()
+        .find(|(ns, _)| ns == namespace)
+        .map(|(_, sender)| sender.clone())
+        .expect("registered above")
+}
+
+/// Watches Secret metadata once the credentials are listed; brings back the credentials a
+/// Secret event concerns.
+async fn watch_secrets(
+    api: Api<PartialObjectMeta<Secret>>,
+    mut listed: tokio::sync::watch::Receiver<bool>,
+    index: Arc<SecretIndex>,
+    trigger: Trigger,
+    on_synced: impl FnOnce() + Send + 'static,
+) {
+    if listed.wait_for(|listed| *listed).await.is_err() {
+        return;
+    }
+    debug!("credentials listed; watching Secrets");
+    let mut on_synced = Some(on_synced);
+    let events = watcher(api, watcher::Config::default().any_semantic()).backoff(watch_backoff());
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => {
+                for credential in secret_event(event, &index, &mut on_synced) {
+                    let _ = trigger.unbounded_send(credential);
+                }
+            }
+            Err(error) => debug!(%error, "Secret watch error; it resumes"),
+        }
+    }
 }
 
 /// Keeps the index, the token groups and the metrics in step with the credential watch.
@@ -357,7 +385,8 @@ fn credential_event(event: &watcher::Event<DsccCredential>, ctx: &Context) {
                 ctx.trigger(tenant);
             }
         }
-        watcher::Event::Init | watcher::Event::InitDone => {}
+        watcher::Event::Init => debug!("listing DsccCredentials"),
+        watcher::Event::InitDone => debug!("DsccCredentials listed"),
     }
 }
 
@@ -376,6 +405,18 @@ fn index_credential(credential: &DsccCredential, ctx: &Context) {
 
 /// Records a Secret event in the index; returns the credentials it concerns.
 fn secret_event(
+    event: watcher::Event<PartialObjectMeta<Secret>>,
+    index: &SecretIndex,
+    on_synced: &mut Option<impl FnOnce()>,
+) -> Vec<ObjectRef<DsccCredential>> {
+    let refs = secret_event_refs(event, index, on_synced);
+    if !refs.is_empty() {
+        debug!(credentials = refs.len(), "a Secret they use changed");
+    }
+    refs
+}
+
+fn secret_event_refs(
     event: watcher::Event<PartialObjectMeta<Secret>>,
     index: &SecretIndex,
     on_synced: &mut Option<impl FnOnce()>,
@@ -450,6 +491,12 @@ async fn run_steps(credential: Arc<DsccCredential>, ctx: &Context) -> Result<Act
             }
         }
     };
+    debug!(
+        ?finish,
+        target = reconcile.observed.target.kind(),
+        client = reconcile.observed.client.kind(),
+        "reconcile finished"
+    );
     ctx.own_writes.put(&uid, reconcile.memo(memo.as_ref()));
     publish_metrics(&reconcile, ctx);
     let resync =
@@ -761,16 +808,15 @@ async fn write_secret(
     match &write.mode {
         WriteMode::Create => create(&write.secret).await,
         WriteMode::Update { resource_version } => {
+            // A replace, not a merge: keys and annotations the spec no longer names go, and
+            // the resourceVersion makes it apply only to the Secret as it was read.
             let mut secret = write.secret.clone();
             secret.metadata.resource_version = Some(resource_version.clone());
-            match secrets
-                .patch(
-                    &name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&secret),
-                )
-                .await
-            {
+            let params = PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..PostParams::default()
+            };
+            match secrets.replace(&name, &params, &secret).await {
                 Ok(stored) => Ok(stored),
                 Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {
                     Err(WriteError::Conflict)

@@ -103,10 +103,11 @@ impl Election {
     pub async fn release(self) {
         drop(self.state);
         drop(self.leadership);
-        match self.task.await {
-            Ok(Ok(_)) => tracing::info!("released the leader-election Lease"),
-            Ok(Err(error)) => tracing::warn!(%error, "could not release the Lease"),
-            Err(error) => tracing::warn!(%error, "the lease task failed"),
+        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+            Ok(Ok(Ok(_))) => tracing::info!("released the leader-election Lease"),
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "could not release the Lease"),
+            Ok(Err(error)) => tracing::warn!(%error, "the lease task failed"),
+            Err(_) => tracing::warn!("the Lease was not released within 5 s; it expires by itself"),
         }
     }
 }

@@ -109,6 +109,10 @@ struct RunArgs {
     /// split credentials between several operator Deployments.
     #[arg(long, env = "LABEL_SELECTOR")]
     label_selector: Option<String>,
+    /// After SIGTERM, work in flight gets this long to finish before the process exits anyway
+    /// (keep it below the Pod's terminationGracePeriodSeconds).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    shutdown_timeout: Duration,
     /// Restarts of one workload asked for within this window (credentials renewing together)
     /// become one rollout.
     #[arg(long, default_value = "2s", value_parser = duration)]
@@ -336,10 +340,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
     };
 
+    let shutdown_timeout = args.shutdown_timeout;
+    let bounded = |ctx, stop: tokio::sync::watch::Receiver<bool>, readiness| {
+        let mut stopped = stop.clone();
+        async move {
+            tokio::select! {
+                () = controller::run(ctx, stop, readiness) => {}
+                () = async {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                    tokio::time::sleep(shutdown_timeout).await;
+                } => tracing::warn!(
+                    timeout = ?shutdown_timeout,
+                    "work in flight did not finish in time after the stop; exiting anyway"
+                ),
+            }
+        }
+    };
+
     if !args.leader_election {
         metrics.set_leader(true);
         let ctx = start_controller(Leadership::unconditional());
-        controller::run(ctx, stop, readiness).await;
+        bounded(ctx, stop, readiness).await;
         tracing::info!("stopped");
         return Ok(());
     }
@@ -374,7 +395,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     let ctx = start_controller(leadership.clone());
-    controller::run(ctx, stop, readiness).await;
+    bounded(ctx, stop, readiness).await;
     let lost = !leadership.is_leader();
     lost_watch.abort();
     let _ = lost_watch.await;

@@ -20,7 +20,7 @@ use crate::api::{
 };
 use crate::reason::Reason;
 use crate::schedule::{RefreshBefore, RetryPolicy, jitter_seed, parse_duration, renewal_time};
-use crate::secret_index::{Known, SecretFacts};
+use crate::secret_index::{Absence, Known, SecretFacts};
 use crate::target_secret::{self, TokenRecord};
 use crate::token::ClientCredentials;
 
@@ -141,6 +141,17 @@ pub enum ClientState {
 }
 
 impl ClientState {
+    /// The variant's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientState::NotNeeded => "NotNeeded",
+            ClientState::Unknown { .. } => "Unknown",
+            ClientState::Missing { .. } => "Missing",
+            ClientState::KeyMissing { .. } => "KeyMissing",
+            ClientState::Present { .. } => "Present",
+        }
+    }
+
     /// The fingerprint of the client credentials, if known.
     pub fn fingerprint(&self) -> Option<&str> {
         match self {
@@ -169,6 +180,19 @@ pub enum TargetState {
     Unverified,
     /// Ours, as the operator wrote it (checked by its hash, or unchanged since the write).
     Owned(OwnedTarget),
+}
+
+impl TargetState {
+    /// The variant's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetState::Unknown => "Unknown",
+            TargetState::Missing => "Missing",
+            TargetState::Foreign { .. } => "Foreign",
+            TargetState::Unverified => "Unverified",
+            TargetState::Owned(_) => "Owned",
+        }
+    }
 }
 
 /// Our target Secret.
@@ -444,11 +468,21 @@ impl GroupKey {
 pub struct Memo {
     /// resourceVersion of its last status write.
     pub status_version: Option<String>,
-    /// resourceVersion of its last target Secret write.
-    pub target_version: Option<String>,
+    /// The name and resourceVersion of its last target Secret write.
+    pub target: Option<(String, String)>,
     /// The last failure it recorded, whether or not the status write that carried it
     /// succeeded.
     pub failure: Option<FailureRecord>,
+}
+
+impl Memo {
+    /// The resourceVersion the operator last wrote to the target Secret `name`, if it did.
+    pub fn target_written(&self, name: &str) -> Option<&str> {
+        self.target
+            .as_ref()
+            .filter(|(written, _)| written == name)
+            .map(|(_, version)| version.as_str())
+    }
 }
 
 /// Everything [`observe`] turns into an [`Observed`].
@@ -485,7 +519,7 @@ pub fn observe(inputs: Inputs<'_>) -> Observed {
     let target = target_from_facts(
         inputs.target.as_ref(),
         &credential,
-        memo.and_then(|m| m.target_version.as_deref()),
+        memo.and_then(|m| m.target_written(&credential.target_name())),
     );
     let refresh = refresh_from_facts(inputs.refresh.as_ref(), &credential);
     let subject = credential.spec.token_exchange.as_ref().map(|exchange| {
@@ -498,15 +532,21 @@ pub fn observe(inputs: Inputs<'_>) -> Observed {
     });
     let status_failure = failure_from_status(credential.status.as_ref());
     let failure = later_failure(status_failure, memo.and_then(|m| m.failure.clone()));
+    let written_target = memo.and_then(|m| m.target_written(&spec.target_name));
     let cache_lags = memo.is_some_and(|memo| {
         lags(
             credential.resource_version().as_deref(),
             memo.status_version.as_deref(),
-        ) || match (inputs.target.as_ref(), memo.target_version.as_deref()) {
+        ) || match (inputs.target.as_ref(), written_target) {
             (Some(Known::Present(facts)), Some(written)) => {
                 lags(Some(&facts.resource_version), Some(written))
             }
-            (Some(Known::Absent), Some(_)) => true,
+            // Our own 404 came before our write; a deletion the watch saw after it, or a
+            // list without it, is the truth.
+            (Some(Known::Absent(Absence::NotFound)), Some(_)) => true,
+            (Some(Known::Absent(Absence::Deleted(at))), Some(written)) => {
+                lags(Some(at), Some(written))
+            }
             _ => false,
         }
     });
@@ -641,7 +681,7 @@ fn client_from_facts(facts: Option<&Known>, reference: &ClientSecretRef) -> Clie
     let name = reference.name.clone();
     match facts {
         None => ClientState::Unknown { name },
-        Some(Known::Absent) => ClientState::Missing { name },
+        Some(Known::Absent(_)) => ClientState::Missing { name },
         // The fingerprint from an earlier read is good while the Secret is unchanged.
         Some(Known::Present(facts)) => match &facts.fingerprint {
             Some(known)
@@ -714,7 +754,7 @@ fn target_from_facts(
 ) -> TargetState {
     match facts {
         None => TargetState::Unknown,
-        Some(Known::Absent) => TargetState::Missing,
+        Some(Known::Absent(_)) => TargetState::Missing,
         Some(Known::Present(facts)) => {
             if !facts.is_controlled_by(credential) {
                 return TargetState::Foreign {
@@ -766,7 +806,7 @@ pub fn target_from_secret(secret: Option<&Secret>, credential: &DsccCredential) 
 fn refresh_from_facts(facts: Option<&Known>, credential: &DsccCredential) -> RefreshState {
     match facts {
         None => RefreshState::Unknown,
-        Some(Known::Absent) => RefreshState::Missing,
+        Some(Known::Absent(_)) => RefreshState::Missing,
         Some(Known::Present(facts)) if !facts.is_controlled_by(credential) => RefreshState::Foreign,
         Some(Known::Present(facts)) => RefreshState::Held {
             uid: facts.uid.clone(),
@@ -932,7 +972,7 @@ pub fn token_hash(token: &str) -> String {
 /// Facts about a Secret from a GET, for the index: what the metadata watch would have said.
 pub fn facts_of(secret: Option<&Secret>) -> Known {
     match secret {
-        None => Known::Absent,
+        None => Known::Absent(Absence::NotFound),
         Some(secret) => Known::Present(SecretFacts::of_metadata(&secret.metadata)),
     }
 }

@@ -345,7 +345,7 @@ impl Reconcile {
             memo.status_version = Some(version.clone());
         }
         if let Some(version) = &self.progress.target_version {
-            memo.target_version = Some(version.clone());
+            memo.target = Some((self.observed.spec.target_name.clone(), version.clone()));
         }
         memo.failure = self.observed.failure.clone();
         memo
@@ -515,8 +515,9 @@ impl Reconcile {
                 _ => GrantKind::ClientCredentials,
             }
         };
-        let none_acceptable =
-            reason == IssueReason::RefreshRequested || reason == IssueReason::TargetEdited;
+        // A manual refresh asks for a new token; anything else (a Secret deleted, edited or
+        // moved, a new member of the group) is served by a valid token the group holds.
+        let none_acceptable = reason == IssueReason::RefreshRequested;
         let issued_after = current.map(|r| r.issued_at);
         let urgent = current.is_some_and(|r| {
             let margin =
@@ -1111,7 +1112,8 @@ impl Reconcile {
             reason = %failure.reason,
             attempts = record.attempts,
             next_retry = %record.next_retry,
-            "{}",
+            "{} failed: {}",
+            failure.reason.action(),
             failure.message
         );
         self.observed.failure = Some(record);

@@ -105,6 +105,20 @@ impl Reason {
         matches!(self.retry(), Retry::Slow | Retry::OnChange)
     }
 
+    /// What failed, in words for a log line.
+    pub fn action(self) -> &'static str {
+        match self {
+            Reason::VerifyFailed | Reason::VerifyUnavailable => "verifying the new token",
+            Reason::TargetSecretRejected | Reason::KubernetesApiUnavailable => {
+                "storing the token"
+            }
+            Reason::RolloutRestartFailed | Reason::RolloutRestartTargetNotFound => {
+                "the rollout restart"
+            }
+            _ => "the token request",
+        }
+    }
+
     /// Whether a failure with this reason means no new token could be put in place (rather
     /// than a failure of something done after it, such as a rollout restart).
     pub fn concerns_the_token(self) -> bool {

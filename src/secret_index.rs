@@ -89,13 +89,25 @@ impl SecretFacts {
     }
 }
 
+/// How the operator learned that a Secret does not exist.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Absence {
+    /// A GET answered 404: of unknown vintage against the watch (a write that followed it
+    /// may not have reached the watch yet).
+    NotFound,
+    /// The watch saw it deleted, at this resourceVersion.
+    Deleted(String),
+    /// A full list of Secrets did not contain it.
+    NotListed,
+}
+
 /// What is known about a Secret: that it is absent, or its facts. Unknown is `None`.
 // Most entries are Present: boxing it would add an allocation to nearly every one.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Known {
     /// It does not exist.
-    Absent,
+    Absent(Absence),
     /// It exists.
     Present(SecretFacts),
 }
@@ -241,7 +253,10 @@ impl SecretIndex {
         if !inner.users.contains_key(&key) {
             return vec![];
         }
-        inner.facts.insert(key.clone(), Known::Absent);
+        let version = metadata.resource_version.clone().unwrap_or_default();
+        inner
+            .facts
+            .insert(key.clone(), Known::Absent(Absence::Deleted(version)));
         users_of(&inner, &key)
     }
 
@@ -268,7 +283,7 @@ impl SecretIndex {
             if matches!(inner.facts.get(&key), Some(Known::Present(_))) {
                 affected.extend(users_of(&inner, &key));
             }
-            inner.facts.insert(key, Known::Absent);
+            inner.facts.insert(key, Known::Absent(Absence::NotListed));
         }
         affected
     }
@@ -285,8 +300,8 @@ impl SecretIndex {
                 crate::observe::lags(Some(&new.resource_version), Some(&old.resource_version))
             }
             // A 404 cannot say whether it is older than what the watch brought.
-            (Some(Known::Present(_)), Known::Absent) => true,
-            (Some(Known::Absent), _) => false,
+            (Some(Known::Present(_)), Known::Absent(_)) => true,
+            (Some(Known::Absent(_)), _) => false,
         };
         if !keep_existing {
             inner.facts.insert(key.clone(), known);
@@ -492,7 +507,10 @@ mod tests {
         );
         index.secret_applied(&secret("storage", "client", "3"));
         index.secret_deleted(&secret("storage", "client", "4"));
-        assert_eq!(index.facts(&key), Some(Known::Absent));
+        assert_eq!(
+            index.facts(&key),
+            Some(Known::Absent(Absence::Deleted("4".into())))
+        );
         index.secret_applied(&secret("storage", "client", "5"));
         index.relist_started();
         index.secret_applied(&secret("storage", "a-token", "6"));
@@ -501,7 +519,7 @@ mod tests {
             ["a"],
             "the client Secret vanished meanwhile"
         );
-        assert_eq!(index.facts(&key), Some(Known::Absent));
+        assert_eq!(index.facts(&key), Some(Known::Absent(Absence::NotListed)));
     }
 
     #[test]
@@ -514,7 +532,7 @@ mod tests {
             &key,
             Known::Present(SecretFacts::of_metadata(&secret("storage", "client", "19"))),
         );
-        index.seed(&key, Known::Absent);
+        index.seed(&key, Known::Absent(Absence::NotFound));
         assert!(matches!(index.facts(&key), Some(Known::Present(f)) if f.resource_version == "20"));
         index.seed(
             &key,

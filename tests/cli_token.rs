@@ -1,7 +1,7 @@
 //! The `token` command against a local endpoint: it describes the token and prints the
 //! token itself only when asked.
 
-mod support;
+use dscc_testkit as support;
 
 use std::process::{Command, Output};
 

@@ -2,7 +2,7 @@
 //! runs it against the oldest supported control plane too (K8S_VERSION=1.35.4); the full
 //! behaviour is covered by tests/e2e.rs on the default version.
 
-mod support;
+use dscc_testkit as support;
 
 use std::collections::HashSet;
 use std::time::Duration;

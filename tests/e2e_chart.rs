@@ -7,7 +7,7 @@
 //! helm is built from source by `testenv/build.sh helm` (cached); a missing helm fails the
 //! tests with instructions, it never skips them.
 
-mod support;
+use dscc_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

@@ -3,7 +3,7 @@
 //! secrets that must never leak, and namespaced operation. Real control plane, real operator
 //! process, the fault-injecting token endpoint (see tests/support).
 
-mod support;
+use dscc_testkit as support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -234,8 +234,16 @@ async fn keeps_the_old_token_while_the_endpoint_is_down() {
     endpoint.shutdown().await;
     let (old_token, watch) = watch_target(&env, "reports").await;
 
-    // Watch the failure bookkeeping: each attempt's delay until the next one.
+    let old_expiry = env
+        .credential("reports")
+        .await
+        .status
+        .and_then(|s| s.expires_at)
+        .map(|t| t.0.as_second())
+        .expect("an expiry");
+    // Watch the failure bookkeeping: each attempt's failure and retry times.
     let mut delays: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut retry_times: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(40);
     let expired = loop {
         let credential = env.credential("reports").await;
@@ -244,6 +252,10 @@ async fn keeps_the_old_token_while_the_endpoint_is_down() {
             delays.insert(
                 status.failed_attempts,
                 next.0.as_second() - last.0.as_second(),
+            );
+            retry_times.insert(
+                status.failed_attempts,
+                (last.0.as_second(), next.0.as_second()),
             );
         }
         let expired = has_condition(&credential, "Ready", "False", "TokenEndpointUnavailable");
@@ -258,6 +270,10 @@ async fn keeps_the_old_token_while_the_endpoint_is_down() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_unchanged(watch).await;
+    let retries: Vec<(i32, i64, i64)> = retry_times
+        .iter()
+        .map(|(attempt, (failed, next))| (*attempt, *failed, *next))
+        .collect();
     assert!(
         has_condition(&expired, "Reconciling", "True", "TokenEndpointUnavailable"),
         "{:?}",
@@ -273,12 +289,24 @@ async fn keeps_the_old_token_while_the_endpoint_is_down() {
         message.contains("could not connect") && message.contains("expired"),
         "the message says what is wrong and that the token expired: {message}"
     );
-    // The delays grow: 1 s, 2 s, 4 s, 8 s less up to 20% of jitter, as whole seconds in the
-    // status (the retry time rounded up, the failure time down: up to 1 s more).
-    let grown: Vec<i64> = delays.range(2..=4).map(|(_, delay)| *delay).collect();
+    // The delays grow (1 s, 2 s, 4 s, 8 s less up to 20% of jitter, as whole seconds in the
+    // status: up to 1 s more), except that a retry that would come after the token's expiry
+    // is moved to just before it.
+    // (Times are whole seconds: a retry within the last second may round up past it.)
+    for (_, failed, next) in &retries {
+        assert!(
+            *failed >= old_expiry || *next <= old_expiry + 1,
+            "a retry was planned after the token expired: {retries:?} (expiry {old_expiry})"
+        );
+    }
+    let uncapped: Vec<i64> = retries
+        .iter()
+        .filter(|(_, failed, next)| *failed >= old_expiry || *next < old_expiry)
+        .map(|(_, failed, next)| next - failed)
+        .collect();
     assert!(
-        grown.len() == 3 && grown.windows(2).all(|w| w[0] < w[1]),
-        "retry delays must grow: {delays:?}"
+        uncapped.len() >= 3 && uncapped.windows(2).all(|w| w[0] < w[1]),
+        "retry delays must grow: {retries:?} (expiry {old_expiry})"
     );
     assert!(
         delays.values().all(|delay| *delay <= 8 + 1),
@@ -779,7 +807,7 @@ async fn never_reveals_secrets_or_tokens_in_logs_events_or_status() {
 
     let logs = operator.logs();
     assert!(
-        logs.contains("token request failed"),
+        logs.contains("the token request failed"),
         "the failures were logged (else this test proves nothing)"
     );
     let events = serde_json::to_string(&env.events().await).expect("serialize Events");

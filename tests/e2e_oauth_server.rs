@@ -4,7 +4,7 @@
 //!
 //! Node.js and npm are required; without them these tests fail and say how to get them.
 
-mod support;
+use dscc_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! End-to-end tests of what production operation relies on: metrics, leader election,
 //! rollout restarts and verification, against the real control plane.
 
-mod support;
+use dscc_testkit as support;
 
 use std::time::Duration;
 

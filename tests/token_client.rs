@@ -1,13 +1,14 @@
 //! The token client against the fake token endpoint on 127.0.0.1.
 
-mod support;
+use dscc_testkit as support;
 
-use std::num::NonZeroU32;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use dscc_token_operator::reason::Reason;
 use dscc_token_operator::token::{
-    AuthMethod, ClientCredentials, ClientSecret, IssuedToken, LifetimeSource, TokenClient,
-    TokenClientConfig, TokenError, TokenRequest, decode_jwt_claims,
+    AuthMethod, ClientCredentials, ExposeSecret, Grant, GrantKind, IssuedToken, LifetimeSource,
+    SecretString, TokenClient, TokenClientConfig, TokenError, decode_jwt_claims,
 };
 use k8s_openapi::jiff::Timestamp;
 use support::token_endpoint::{ClientAuth, Fault, RetryAfter, TokenEndpoint};
@@ -24,7 +25,6 @@ fn config() -> TokenClientConfig {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
         allow_insecure_http: true,
-        requests_per_second_per_host: None,
         ..TokenClientConfig::default()
     }
 }
@@ -36,7 +36,7 @@ fn client() -> TokenClient {
 fn credentials(secret: &str) -> ClientCredentials {
     ClientCredentials {
         client_id: CLIENT_ID.to_owned(),
-        client_secret: ClientSecret::new(secret.to_owned()),
+        client_secret: SecretString::from(secret.to_owned()),
     }
 }
 
@@ -69,13 +69,19 @@ async fn exchange_with(
     auth_method: AuthMethod,
     scopes: &[String],
 ) -> Result<IssuedToken, TokenError> {
-    let request = TokenRequest {
-        token_url: url,
-        credentials,
+    let grant = Grant {
+        token_url: url.clone(),
+        credentials: Some(credentials.clone()),
         auth_method,
-        scopes,
+        scopes: scopes.to_vec(),
+        kind: GrantKind::ClientCredentials,
     };
-    tokio::time::timeout(TEST_DEADLINE, client.exchange(&request, now()))
+    send(client, &grant).await
+}
+
+/// One grant, bounded by the test deadline.
+async fn send(client: &TokenClient, grant: &Grant) -> Result<IssuedToken, TokenError> {
+    tokio::time::timeout(TEST_DEADLINE, client.exchange(grant, now()))
         .await
         .expect("the exchange finishes in bounded time")
 }
@@ -164,7 +170,7 @@ async fn issues_a_token_with_client_secret_basic_and_special_characters() {
     endpoint.set_client(id, secret);
     let credentials = ClientCredentials {
         client_id: id.to_owned(),
-        client_secret: ClientSecret::new(secret.to_owned()),
+        client_secret: SecretString::from(secret.to_owned()),
     };
 
     let issued = exchange_with(
@@ -262,8 +268,8 @@ async fn a_wrong_secret_is_a_permanent_credentials_error() {
     .await
     .expect_err("rejected");
 
-    assert_eq!(err.reason(), "InvalidClientCredentials");
-    assert!(err.is_permanent());
+    assert_eq!(err.reason(), Reason::InvalidClientCredentials);
+    assert!(err.reason().is_permanent());
     assert_eq!(err.status(), Some(401));
     let message = err.to_string();
     assert!(message.contains("invalid_client"), "{message}");
@@ -273,52 +279,89 @@ async fn a_wrong_secret_is_a_permanent_credentials_error() {
     );
 }
 
+/// Each kind of failed answer: the fault, the reason it is classified as, and words of the
+/// message that say what to fix.
 #[tokio::test]
-async fn invalid_client_is_permanent() {
-    let err = failure_after(Fault::InvalidClient).await;
-    assert_eq!(err.reason(), "InvalidClientCredentials");
-    assert!(err.is_permanent());
-    assert_eq!(err.retry_after(), None);
-}
-
-#[tokio::test]
-async fn unauthorized_client_is_permanent() {
-    let err = failure_after(Fault::UnauthorizedClient).await;
-    assert_eq!(err.reason(), "InvalidClientCredentials");
-    assert!(err.is_permanent());
-    assert!(err.to_string().contains("unauthorized_client"), "{err}");
-}
-
-#[tokio::test]
-async fn invalid_scope_is_permanent_and_points_at_the_scopes() {
-    let err = failure_after(Fault::InvalidScope).await;
-    assert_eq!(err.reason(), "InvalidClientCredentials");
-    assert!(err.is_permanent());
-    assert!(err.to_string().contains("spec.scopes"), "{err}");
-}
-
-#[tokio::test]
-async fn a_401_without_a_json_body_is_permanent() {
-    for status in [400, 401, 403] {
-        let err = failure_after(Fault::Status(status)).await;
-        assert_eq!(err.reason(), "InvalidClientCredentials", "HTTP {status}");
-        assert!(err.is_permanent(), "HTTP {status}");
-        assert_eq!(err.status(), Some(status));
+async fn each_kind_of_failed_answer_is_classified_and_says_what_to_fix() {
+    use Reason::{InvalidClientCredentials as Rejected, TokenEndpointUnavailable as Down};
+    let cases: Vec<(Fault, Reason, &[&str])> = vec![
+        (
+            Fault::InvalidClient,
+            Rejected,
+            &["invalid_client", "check client_id and client_secret"],
+        ),
+        (
+            Fault::UnauthorizedClient,
+            Rejected,
+            &["unauthorized_client", "allowed to use this grant"],
+        ),
+        (
+            Fault::InvalidScope,
+            Rejected,
+            &["invalid_scope", "spec.scopes"],
+        ),
+        (Fault::InvalidGrant, Rejected, &["invalid_grant"]),
+        (Fault::Status(400), Rejected, &["HTTP 400"]),
+        (Fault::Status(401), Rejected, &["HTTP 401"]),
+        (
+            Fault::Status(403),
+            Rejected,
+            &["HTTP 403", "may use this endpoint"],
+        ),
+        (Fault::Status(500), Down, &["answered 500", "will retry"]),
+        (Fault::Status(502), Down, &["answered 502"]),
+        (Fault::Status(503), Down, &["answered 503"]),
+        (Fault::MalformedJson, Down, &["not valid JSON"]),
+        (
+            Fault::ResetConnection,
+            Down,
+            &["request to the token endpoint", "failed"],
+        ),
+        (
+            Fault::Body(200, r#"{"access_token":"abc","token_type":"DPoP"}"#.into()),
+            Reason::UnsupportedTokenType,
+            &["DPoP", "only Bearer tokens"],
+        ),
+        (
+            Fault::Body(200, r#"{"access_token":"abc","expires_in":"soon"}"#.into()),
+            Down,
+            &["expires_in is not a positive number"],
+        ),
+    ];
+    for (fault, reason, words) in cases {
+        let err = failure_after(fault.clone()).await;
+        assert_eq!(err.reason(), reason, "{fault:?}: {err}");
+        for word in words {
+            assert!(
+                err.to_string().contains(word),
+                "{fault:?}: {word:?} not in {err}"
+            );
+        }
+        if matches!(fault, Fault::Status(_)) {
+            assert!(err.status().is_some(), "{fault:?}");
+        }
     }
 }
 
 #[tokio::test]
-async fn server_errors_are_transient() {
-    for status in [500, 502, 503] {
-        let err = failure_after(Fault::Status(status)).await;
-        assert_eq!(err.reason(), "TokenEndpointUnavailable", "HTTP {status}");
-        assert!(!err.is_permanent(), "HTTP {status}");
-        assert_eq!(err.status(), Some(status));
+async fn an_error_code_that_is_the_client_secret_never_reaches_the_message() {
+    // A careless or hostile server answers with the secret as its error code, raw or in
+    // the encodings a client might have sent it in.
+    let echoes = [
+        CLIENT_SECRET.to_owned(),
+        CLIENT_SECRET.to_uppercase(),
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}")),
+    ];
+    for echo in echoes {
+        let body = serde_json::json!({"error": echo, "error_description": format!("bad {echo}")});
+        let err = failure_after(Fault::Body(401, body.to_string())).await;
+        let text = format!("{err} {err:?}");
         assert!(
-            err.to_string()
-                .contains(&format!("answered {status}; will retry")),
-            "{err}"
+            !text.to_lowercase().contains(&CLIENT_SECRET.to_lowercase()),
+            "{text}"
         );
+        assert!(!text.contains(&echo), "{text}");
+        assert!(text.contains("unrecognised_error_code"), "{text}");
     }
 }
 
@@ -337,7 +380,7 @@ async fn a_wrong_path_is_transient_and_points_at_the_token_url() {
     .await
     .expect_err("404");
 
-    assert_eq!(err.reason(), "TokenEndpointUnavailable");
+    assert_eq!(err.reason(), Reason::TokenEndpointUnavailable);
     assert_eq!(err.status(), Some(404));
     assert!(err.to_string().contains("spec.tokenUrl"), "{err}");
 }
@@ -348,8 +391,8 @@ async fn rate_limited_with_retry_after_seconds() {
         retry_after: RetryAfter::Seconds(30),
     })
     .await;
-    assert_eq!(err.reason(), "RateLimited");
-    assert!(!err.is_permanent());
+    assert_eq!(err.reason(), Reason::RateLimited);
+    assert!(!err.reason().is_permanent());
     assert_close(err.retry_after(), Duration::from_secs(30));
 }
 
@@ -359,7 +402,7 @@ async fn rate_limited_with_retry_after_http_date() {
         retry_after: RetryAfter::HttpDate(Duration::from_secs(120)),
     })
     .await;
-    assert_eq!(err.reason(), "RateLimited");
+    assert_eq!(err.reason(), Reason::RateLimited);
     assert_close(err.retry_after(), Duration::from_secs(120));
 }
 
@@ -369,19 +412,8 @@ async fn rate_limited_with_ratelimit_reset() {
         retry_after: RetryAfter::RateLimitReset(45),
     })
     .await;
-    assert_eq!(err.reason(), "RateLimited");
+    assert_eq!(err.reason(), Reason::RateLimited);
     assert_close(err.retry_after(), Duration::from_secs(45));
-}
-
-#[tokio::test]
-async fn malformed_json_is_transient() {
-    let err = failure_after(Fault::MalformedJson).await;
-    assert!(
-        matches!(err, TokenError::MalformedResponse { .. }),
-        "{err:?}"
-    );
-    assert_eq!(err.reason(), "TokenEndpointUnavailable");
-    assert!(!err.is_permanent());
 }
 
 #[tokio::test]
@@ -399,8 +431,8 @@ async fn an_oversized_body_fails_without_reading_it_all() {
             limit: 64 * 1024
         }
     );
-    assert_eq!(err.reason(), "TokenEndpointUnavailable");
-    assert!(!err.is_permanent());
+    assert_eq!(err.reason(), Reason::TokenEndpointUnavailable);
+    assert!(!err.reason().is_permanent());
     // A client that read everything would only return after the server produced it all.
     assert!(
         endpoint.oversized_bytes_streamed() < TEN_MIB as u64,
@@ -448,8 +480,8 @@ async fn a_slow_endpoint_times_out_as_a_transient_error() {
         ),
         "{err:?}"
     );
-    assert_eq!(err.reason(), "TokenEndpointUnavailable");
-    assert!(!err.is_permanent());
+    assert_eq!(err.reason(), Reason::TokenEndpointUnavailable);
+    assert!(!err.reason().is_permanent());
     assert!(
         err.to_string().starts_with("timed out after 300ms"),
         "{err}"
@@ -551,8 +583,8 @@ async fn plain_http_is_refused_unless_allowed() {
     .expect_err("refused");
 
     assert!(matches!(err, TokenError::InsecureUrl { .. }), "{err:?}");
-    assert_eq!(err.reason(), "InvalidSpec");
-    assert!(err.is_permanent());
+    assert_eq!(err.reason(), Reason::InvalidSpec);
+    assert!(err.reason().is_permanent());
     assert_eq!(endpoint.request_count(), 0, "nothing was sent");
     assert!(exchange(&endpoint).await.is_ok(), "allowed when configured");
 }
@@ -570,7 +602,7 @@ async fn other_schemes_are_refused() {
     .await
     .expect_err("refused");
     assert!(matches!(err, TokenError::UnsupportedUrl { .. }), "{err:?}");
-    assert_eq!(err.reason(), "InvalidSpec");
+    assert_eq!(err.reason(), Reason::InvalidSpec);
 }
 
 #[tokio::test]
@@ -592,53 +624,8 @@ async fn a_refused_connection_is_transient() {
     .expect_err("refused");
 
     assert!(matches!(err, TokenError::Connect { .. }), "{err:?}");
-    assert_eq!(err.reason(), "TokenEndpointUnavailable");
-    assert!(!err.is_permanent());
-}
-
-#[tokio::test]
-async fn a_broken_connection_is_transient() {
-    let err = failure_after(Fault::ResetConnection).await;
-    assert_eq!(err.reason(), "TokenEndpointUnavailable", "{err:?}");
-    assert!(!err.is_permanent());
-}
-
-#[tokio::test]
-async fn waits_for_the_per_host_rate_limit_instead_of_failing() {
-    let endpoint = endpoint().await;
-    let client = TokenClient::new(TokenClientConfig {
-        requests_per_second_per_host: NonZeroU32::new(2),
-        ..config()
-    })
-    .expect("client");
-    let url = url_of(&endpoint);
-    let credentials = credentials(CLIENT_SECRET);
-
-    let results = futures::future::join_all((0..5).map(|_| {
-        exchange_with(
-            &client,
-            &url,
-            &credentials,
-            AuthMethod::ClientSecretPost,
-            &[],
-        )
-    }))
-    .await;
-
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
-    let arrivals: Vec<Instant> = endpoint
-        .requests()
-        .iter()
-        .map(|request| request.received_at)
-        .collect();
-    let first = arrivals.iter().min().expect("arrivals");
-    let last = arrivals.iter().max().expect("arrivals");
-    // A burst of two, then one every 500 ms: the fifth cannot arrive before 1.5 s.
-    assert!(
-        last.duration_since(*first) >= Duration::from_millis(1400),
-        "spread over {:?}",
-        last.duration_since(*first)
-    );
+    assert_eq!(err.reason(), Reason::TokenEndpointUnavailable);
+    assert!(!err.reason().is_permanent());
 }
 
 /// A test CA (valid 2020-2120) and a server certificate it signed for 127.0.0.1 and localhost.
@@ -734,8 +721,8 @@ async fn an_untrusted_certificate_is_a_tls_error_that_names_the_ca_flag() {
     .expect_err("untrusted");
 
     assert!(matches!(err, TokenError::Tls { .. }), "{err:?}");
-    assert_eq!(err.reason(), "TokenEndpointUnavailable");
-    assert!(!err.is_permanent());
+    assert_eq!(err.reason(), Reason::TokenEndpointUnavailable);
+    assert!(!err.reason().is_permanent());
     let message = err.to_string();
     assert!(message.contains("certificate not trusted"), "{message}");
     assert!(message.contains("--extra-ca-file"), "{message}");
@@ -874,4 +861,96 @@ async fn neither_the_secret_nor_a_token_appears_in_debug_output_or_errors() {
         texts.iter().any(|text| text.contains("<redacted>")),
         "the echoed secret was redacted, not dropped silently"
     );
+}
+
+#[tokio::test]
+async fn a_refresh_token_is_kept_and_renews_once_and_a_spent_one_is_invalid_grant() {
+    let endpoint = endpoint().await;
+    endpoint.set_refresh_tokens(true);
+    let first = exchange(&endpoint).await.expect("a token");
+    let refresh = first
+        .refresh_token
+        .clone()
+        .expect("a refresh token was offered");
+    assert!(first.refresh_expires_at.is_some());
+    let grant = |token: &SecretString| Grant {
+        token_url: url_of(&endpoint),
+        credentials: Some(credentials(CLIENT_SECRET)),
+        auth_method: AuthMethod::ClientSecretBasic,
+        scopes: vec![],
+        kind: GrantKind::RefreshToken(token.clone()),
+    };
+    let renewed = send(&client(), &grant(&refresh))
+        .await
+        .expect("renewed by refresh");
+    assert_ne!(
+        renewed.access_token.expose_secret(),
+        first.access_token.expose_secret()
+    );
+    let request = endpoint.requests().pop().expect("the refresh request");
+    assert_eq!(request.grant_type.as_deref(), Some("refresh_token"));
+    assert_eq!(
+        request.refresh_token.as_deref(),
+        Some(refresh.expose_secret())
+    );
+    assert_eq!(
+        request.auth,
+        support::token_endpoint::ClientAuth::Basic,
+        "the client authenticates"
+    );
+
+    let err = send(&client(), &grant(&refresh)).await.expect_err("spent");
+    assert!(err.is_invalid_grant(), "{err:?}");
+    assert!(!err.to_string().contains(refresh.expose_secret()), "{err}");
+}
+
+#[tokio::test]
+async fn a_token_exchange_sends_the_subject_token_and_authenticates_as_asked() {
+    let endpoint = endpoint().await;
+    let subject = exchange(&endpoint).await.expect("the MSP token");
+    for client_credentials in [Some(credentials(CLIENT_SECRET)), None] {
+        let authenticated = client_credentials.is_some();
+        let grant = Grant {
+            token_url: Url::parse(&endpoint.workspace_url("tenant-7")).expect("url"),
+            credentials: client_credentials,
+            auth_method: AuthMethod::ClientSecretPost,
+            scopes: vec![],
+            kind: GrantKind::TokenExchange {
+                subject_token: subject.access_token.clone(),
+                audience: None,
+            },
+        };
+        let exchanged = send(&client(), &grant).await.expect("a tenant token");
+        let claims = decode_jwt_claims(exchanged.access_token.expose_secret()).expect("a JWT");
+        assert_eq!(claims["workspace"], "tenant-7");
+        let request = endpoint.requests().pop().expect("the exchange");
+        assert_eq!(
+            request.grant_type.as_deref(),
+            Some("urn:ietf:params:oauth:grant-type:token-exchange")
+        );
+        assert_eq!(
+            request.subject_token.as_deref(),
+            Some(subject.access_token.expose_secret())
+        );
+        assert_eq!(request.workspace.as_deref(), Some("tenant-7"));
+        let expected = if authenticated {
+            support::token_endpoint::ClientAuth::Post
+        } else {
+            support::token_endpoint::ClientAuth::None
+        };
+        assert_eq!(request.auth, expected);
+    }
+    let bogus = Grant {
+        token_url: Url::parse(&endpoint.workspace_url("tenant-7")).expect("url"),
+        credentials: None,
+        auth_method: AuthMethod::ClientSecretPost,
+        scopes: vec![],
+        kind: GrantKind::TokenExchange {
+            subject_token: SecretString::from("not-a-token-it-issued".to_owned()),
+            audience: None,
+        },
+    };
+    let err = send(&client(), &bogus).await.expect_err("refused subject");
+    assert!(err.is_invalid_grant(), "{err:?}");
+    assert!(!err.to_string().contains("not-a-token-it-issued"), "{err}");
 }

@@ -14,7 +14,7 @@ use super::*;
 use crate::api::{DsccCredential, DsccCredentialSpec, DsccCredentialStatus, WorkloadKind};
 use crate::minter::Minted;
 use crate::observe::{Inputs, Memo, Policy, observe};
-use crate::secret_index::{Known, KnownFingerprint, SecretFacts};
+use crate::secret_index::{Absence, Known, KnownFingerprint, SecretFacts};
 use crate::steps::Restart;
 use crate::token::{IssuedToken, LifetimeSource};
 
@@ -78,14 +78,21 @@ fn issued(token: &str, issued: i64, lifetime: i64) -> IssuedToken {
 
 fn minted(token: IssuedToken, grant: &'static str) -> Arc<Minted> {
     Arc::new(Minted {
-        token_hash: crate::observe::token_hash(crate::token::ExposeSecret::expose_secret(&token.access_token)),
+        token_hash: crate::observe::token_hash(crate::token::ExposeSecret::expose_secret(
+            &token.access_token,
+        )),
         grant,
         token,
     })
 }
 
 /// The target Secret the operator would have written for `token`, as stored at `version`.
-fn stored_target(credential: &DsccCredential, token: &IssuedToken, version: &str, fingerprint: &str) -> Secret {
+fn stored_target(
+    credential: &DsccCredential,
+    token: &IssuedToken,
+    version: &str,
+    fingerprint: &str,
+) -> Secret {
     let mut secret = target_secret::build(
         credential,
         &NewToken {
@@ -106,7 +113,10 @@ fn stored_target(credential: &DsccCredential, token: &IssuedToken, version: &str
 }
 
 fn fingerprint() -> String {
-    let reference = credential(serde_json::json!({})).spec.client_secret_ref.unwrap();
+    let reference = credential(serde_json::json!({}))
+        .spec
+        .client_secret_ref
+        .unwrap();
     observe::client_from_secret(Some(&client_secret("id", CLIENT_SECRET)), &reference)
         .fingerprint()
         .unwrap()
@@ -136,8 +146,8 @@ impl World {
         Self {
             credential: credential(spec),
             client: Some(Known::Present(facts)),
-            target: Some(Known::Absent),
-            refresh: Some(Known::Absent),
+            target: Some(Known::Absent(Absence::NotListed)),
+            refresh: Some(Known::Absent(Absence::NotListed)),
             memo: None,
             policy: Policy::default(),
             now: 0,
@@ -151,7 +161,7 @@ impl World {
         facts.controller = Some("uid-1".into());
         self.target = Some(Known::Present(facts));
         self.memo = Some(Memo {
-            target_version: Some("77".into()),
+            target: Some(("reports-token".into(), "77".into())),
             ..Memo::default()
         });
         self.credential.status = Some(DsccCredentialStatus {
@@ -178,7 +188,10 @@ impl World {
 }
 
 /// Runs one reconcile; `answer` plays the API server, the token endpoint and the minter.
-fn run(observed: Observed, mut answer: impl FnMut(&Step, &Observed) -> Outcome) -> (Vec<String>, Finish, Reconcile) {
+fn run(
+    observed: Observed,
+    mut answer: impl FnMut(&Step, &Observed) -> Outcome,
+) -> (Vec<String>, Finish, Reconcile) {
     let mut reconcile = Reconcile::new(observed);
     let mut names = vec![];
     loop {
@@ -205,14 +218,22 @@ fn name(step: &Step) -> String {
         Step::ObtainToken(order) => format!(
             "ObtainToken({}{})",
             order.grant.kind.name(),
-            if order.may_request { "" } else { ", no request" }
+            if order.may_request {
+                ""
+            } else {
+                ", no request"
+            }
         ),
         Step::Verify { .. } => "Verify".into(),
-        Step::WriteSecret(write) => format!("Write{:?}({:?})", write.which, match write.mode {
-            WriteMode::Create => "Create",
-            WriteMode::Update { .. } => "Update",
-            WriteMode::Replace { .. } => "Replace",
-        }),
+        Step::WriteSecret(write) => format!(
+            "Write{:?}({:?})",
+            write.which,
+            match write.mode {
+                WriteMode::Create => "Create",
+                WriteMode::Update { .. } => "Update",
+                WriteMode::Replace { .. } => "Replace",
+            }
+        ),
         Step::DeleteSecret { name, .. } => format!("Delete({name})"),
         Step::RestartWorkload { target, .. } => format!("Restart({})", target.name),
         Step::PublishEvent(note) => format!("Event({})", note.reason),
@@ -226,9 +247,10 @@ fn healthy(token: IssuedToken) -> impl FnMut(&Step, &Observed) -> Outcome {
     let token = minted(token, "ClientCredentials");
     move |step, o| match step {
         Step::ReadClientSecret => Outcome::Read(Ok(Some(client_secret("id", CLIENT_SECRET)))),
-        Step::ReadTarget | Step::ReadRefreshSecret | Step::ReadSubjectToken | Step::ReadSecret { .. } => {
-            Outcome::Read(Ok(None))
-        }
+        Step::ReadTarget
+        | Step::ReadRefreshSecret
+        | Step::ReadSubjectToken
+        | Step::ReadSecret { .. } => Outcome::Read(Ok(None)),
         Step::ConsultGroup(_) => Outcome::Group(None),
         Step::ObtainToken(_) => Outcome::Token(TokenOutcome::Obtained {
             token: token.clone(),
@@ -261,7 +283,10 @@ fn world_with(
 /// `actual` is `expected`, or earlier by at most `early` seconds (jitter only moves earlier).
 fn assert_jittered(actual: Timestamp, expected: Timestamp, early: i64, what: &str) {
     let before = expected.duration_since(actual).as_secs();
-    assert!((0..=early).contains(&before), "{what}: {actual} is not within {early}s before {expected}");
+    assert!(
+        (0..=early).contains(&before),
+        "{what}: {actual} is not within {early}s before {expected}"
+    );
 }
 
 /// A retry `delay` seconds after `from`, less at most a fifth of jitter, in whole seconds.
@@ -312,7 +337,8 @@ fn after(world: &World, reconcile: &Reconcile, now: i64) -> World {
         now,
     };
     next.credential.status = reconcile.status().cloned();
-    next.credential.metadata.resource_version = reconcile.memo(None).status_version.or(Some("10".into()));
+    next.credential.metadata.resource_version =
+        reconcile.memo(None).status_version.or(Some("10".into()));
     next
 }
 
@@ -338,7 +364,11 @@ fn a_first_token_is_requested_written_announced_and_reported() {
     assert_eq!(status.grant.as_deref(), Some("ClientCredentials"));
     // Renewal when a third of the lifetime remains, moved earlier by up to 5% of it.
     assert_jittered(finish_at(&finish), at(4800), 360, "renewal");
-    assert_eq!(status.renewal_time.map(|t| t.0), Some(finish_at(&finish)), "the status says when");
+    assert_eq!(
+        status.renewal_time.map(|t| t.0),
+        Some(finish_at(&finish)),
+        "the status says when"
+    );
 }
 
 #[test]
@@ -348,8 +378,14 @@ fn a_valid_token_asks_for_nothing_and_waits_for_its_renewal() {
     for now in [1, 600, 3600, 4700] {
         world.now = now;
         let (steps, finish, _) = run(world.observed(), healthy(token.clone()));
-        assert!(!steps.iter().any(|s| s.starts_with("ObtainToken")), "at +{now}s: {steps:?}");
-        assert!(!steps.iter().any(|s| s.starts_with("Read")), "no reads while the caches vouch: {steps:?}");
+        assert!(
+            !steps.iter().any(|s| s.starts_with("ObtainToken")),
+            "at +{now}s: {steps:?}"
+        );
+        assert!(
+            !steps.iter().any(|s| s.starts_with("Read")),
+            "no reads while the caches vouch: {steps:?}"
+        );
         assert_jittered(finish_at(&finish), at(4800), 360, "renewal");
     }
 }
@@ -359,14 +395,32 @@ fn an_operator_restart_reads_once_and_reissues_nothing() {
     let token = issued("t1", 0, 7200);
     let mut world = World::new(serde_json::json!({})).with_token(&token);
     world.memo = None; // a new process remembers nothing
-    world.client = Some(Known::Present(SecretFacts::of_metadata(&client_secret("id", CLIENT_SECRET).metadata)));
+    world.client = Some(Known::Present(SecretFacts::of_metadata(
+        &client_secret("id", CLIENT_SECRET).metadata,
+    )));
     world.now = 60;
     let credential = world.credential.clone();
-    let (steps, _, _) = run(world.observed(), world_with(issued("never", 0, 1), |step| match step {
-        Step::ReadTarget => Some(Outcome::Read(Ok(Some(stored_target(&credential, &token, "77", &fingerprint()))))),
-        _ => None,
-    }));
-    assert_eq!(steps, ["ReadTarget", "ReadClientSecret", "ConsultGroup", "WriteStatus"]);
+    let (steps, _, _) = run(
+        world.observed(),
+        world_with(issued("never", 0, 1), |step| match step {
+            Step::ReadTarget => Some(Outcome::Read(Ok(Some(stored_target(
+                &credential,
+                &token,
+                "77",
+                &fingerprint(),
+            ))))),
+            _ => None,
+        }),
+    );
+    assert_eq!(
+        steps,
+        [
+            "ReadTarget",
+            "ReadClientSecret",
+            "ConsultGroup",
+            "WriteStatus"
+        ]
+    );
 }
 
 #[test]
@@ -377,7 +431,10 @@ fn renews_at_the_renewal_time_it_reports() {
     let renewal = finish_at(&finish).duration_since(at(0)).as_secs();
     world.now = renewal - 1;
     let (steps, _, _) = run(world.observed(), healthy(issued("t2", renewal - 1, 7200)));
-    assert!(!steps.iter().any(|s| s.starts_with("ObtainToken")), "{steps:?}");
+    assert!(
+        !steps.iter().any(|s| s.starts_with("ObtainToken")),
+        "{steps:?}"
+    );
     world.now = renewal;
     let (steps, _, reconcile) = run(world.observed(), healthy(issued("t2", 4800, 7200)));
     assert_eq!(
@@ -391,7 +448,10 @@ fn renews_at_the_renewal_time_it_reports() {
             "WriteStatus"
         ]
     );
-    assert_eq!(written_status(&reconcile).expires_at, Some(Time(at(4800 + 7200))));
+    assert_eq!(
+        written_status(&reconcile).expires_at,
+        Some(Time(at(4800 + 7200)))
+    );
 }
 
 #[test]
@@ -409,32 +469,53 @@ fn every_reason_for_a_new_token_is_named() {
     w.credential.status = base.credential.status.clone();
     assert_eq!(reason(&w), Some(IssueReason::TargetMissing));
 
-    let mut w = World { now: 7200, ..World::new(serde_json::json!({})).with_token(&token) };
+    let mut w = World {
+        now: 7200,
+        ..World::new(serde_json::json!({})).with_token(&token)
+    };
     assert_eq!(reason(&w), Some(IssueReason::Expired));
     w.now = 60;
     w.credential.spec.scopes = vec!["read".into()];
     assert_eq!(reason(&w), Some(IssueReason::SpecChanged));
 
-    let mut w = World { now: 60, ..World::new(serde_json::json!({})).with_token(&token) };
-    w.credential.metadata.annotations = Some([(crate::api::REFRESH_ANNOTATION.to_owned(), "now".to_owned())].into());
+    let mut w = World {
+        now: 60,
+        ..World::new(serde_json::json!({})).with_token(&token)
+    };
+    w.credential.metadata.annotations =
+        Some([(crate::api::REFRESH_ANNOTATION.to_owned(), "now".to_owned())].into());
     assert_eq!(reason(&w), Some(IssueReason::RefreshRequested));
 
-    let w = World { now: 60, ..World::new(serde_json::json!({})).with_token(&token) };
+    let w = World {
+        now: 60,
+        ..World::new(serde_json::json!({})).with_token(&token)
+    };
     let mut o = w.observed();
     o.client = observe::client_from_secret(
         Some(&client_secret("id", "another-secret")),
         o.credential.spec.client_secret_ref.as_ref().unwrap(),
     );
-    assert!(matches!(decide(&o), Decision::Issue(IssueReason::ClientSecretChanged)));
-    let TargetState::Owned(owned) = &mut o.target else { panic!() };
+    assert!(matches!(
+        decide(&o),
+        Decision::Issue(IssueReason::ClientSecretChanged)
+    ));
+    let TargetState::Owned(owned) = &mut o.target else {
+        panic!()
+    };
     owned.record = None;
-    assert!(matches!(decide(&o), Decision::Issue(IssueReason::TargetEdited)));
+    assert!(matches!(
+        decide(&o),
+        Decision::Issue(IssueReason::TargetEdited)
+    ));
 }
 
 #[test]
 fn a_spec_edit_that_does_not_touch_the_token_issues_nothing() {
     let token = issued("t1", 0, 7200);
-    let mut world = World { now: 60, ..World::new(serde_json::json!({})).with_token(&token) };
+    let mut world = World {
+        now: 60,
+        ..World::new(serde_json::json!({})).with_token(&token)
+    };
     world.credential.metadata.generation = Some(5);
     world.credential.spec.refresh_before = Some("30m".into());
     world.credential.spec.suspend = false;
@@ -444,8 +525,14 @@ fn a_spec_edit_that_does_not_touch_the_token_issues_nothing() {
 #[test]
 fn bookkeeping_that_claims_a_token_from_the_future_is_an_edit() {
     let token = issued("t1", 100_000, 7200);
-    let world = World { now: 60, ..World::new(serde_json::json!({})).with_token(&token) };
-    assert_eq!(decide(&world.observed()), Decision::Issue(IssueReason::TargetEdited));
+    let world = World {
+        now: 60,
+        ..World::new(serde_json::json!({})).with_token(&token)
+    };
+    assert_eq!(
+        decide(&world.observed()),
+        Decision::Issue(IssueReason::TargetEdited)
+    );
 }
 
 // ------------------------------------------------------ token failures --
@@ -454,7 +541,12 @@ fn bookkeeping_that_claims_a_token_from_the_future_is_an_edit() {
 fn each_token_failure_class_is_recorded_with_its_own_backoff() {
     let cases = [
         (Reason::TokenEndpointUnavailable, None, 5, "Reconciling"),
-        (Reason::RateLimited, Some(Duration::from_secs(90)), 90, "Reconciling"),
+        (
+            Reason::RateLimited,
+            Some(Duration::from_secs(90)),
+            90,
+            "Reconciling",
+        ),
         (Reason::InvalidClientCredentials, None, 600, "Stalled"),
         (Reason::UnsupportedTokenType, None, 600, "Stalled"),
         (Reason::InvalidSpec, None, 600, "Stalled"),
@@ -468,9 +560,18 @@ fn each_token_failure_class_is_recorded_with_its_own_backoff() {
             message: format!("{reason} happened"),
             retry_after,
         };
-        let (steps, finish, reconcile) = run(world.observed(), world_with(token.clone(), failed_with(failure)));
-        assert!(!steps.iter().any(|s| s.starts_with("WriteTarget")), "{reason}: {steps:?}");
-        assert!(steps.contains(&format!("Event({reason})")), "{reason}: a Warning: {steps:?}");
+        let (steps, finish, reconcile) = run(
+            world.observed(),
+            world_with(token.clone(), failed_with(failure)),
+        );
+        assert!(
+            !steps.iter().any(|s| s.starts_with("WriteTarget")),
+            "{reason}: {steps:?}"
+        );
+        assert!(
+            steps.contains(&format!("Event({reason})")),
+            "{reason}: a Warning: {steps:?}"
+        );
         let status = written_status(&reconcile);
         assert_eq!(status.failed_attempts, 1);
         assert_eq!(status.last_failure_reason.as_deref(), Some(reason.as_str()));
@@ -478,18 +579,36 @@ fn each_token_failure_class_is_recorded_with_its_own_backoff() {
         let jitter = if retry_after.is_some() { 0 } else { delay / 5 };
         let next = status.next_retry_time.clone().expect("a retry time").0;
         assert_jittered(next, at(4800 + delay), jitter, reason.as_str());
-        assert!(has(&status, condition), "{reason}: {condition} expected in {:?}", status.conditions);
-        assert_eq!(finish_at(&finish), next, "{reason}: look again at the retry");
+        assert!(
+            has(&status, condition),
+            "{reason}: {condition} expected in {:?}",
+            status.conditions
+        );
+        assert_eq!(
+            finish_at(&finish),
+            next,
+            "{reason}: look again at the retry"
+        );
 
         // One second before the retry nothing is sent; at the retry it is.
         let next = next.duration_since(at(0)).as_secs();
         let mut later = after(&world, &reconcile, next - 1);
         let (steps, _, _) = run(later.observed(), healthy(token.clone()));
-        assert!(!steps.iter().any(|s| s.starts_with("ObtainToken")), "{reason} early: {steps:?}");
+        assert!(
+            !steps.iter().any(|s| s.starts_with("ObtainToken")),
+            "{reason} early: {steps:?}"
+        );
         later.now = next;
         let (steps, _, reconcile) = run(later.observed(), healthy(issued("t2", next, 7200)));
-        assert!(steps.iter().any(|s| s.starts_with("ObtainToken")), "{reason} due: {steps:?}");
-        assert_eq!(written_status(&reconcile).failed_attempts, 0, "{reason}: success clears it");
+        assert!(
+            steps.iter().any(|s| s.starts_with("ObtainToken")),
+            "{reason} due: {steps:?}"
+        );
+        assert_eq!(
+            written_status(&reconcile).failed_attempts,
+            0,
+            "{reason}: success clears it"
+        );
     }
 }
 
@@ -501,13 +620,19 @@ fn transient_backoff_grows_with_each_consecutive_failure() {
     let mut delays = vec![];
     for _ in 0..4 {
         let failure = Failure::new(Reason::TokenEndpointUnavailable, "503");
-        let (_, _, reconcile) = run(world.observed(), world_with(token.clone(), failed_with(failure)));
+        let (_, _, reconcile) = run(
+            world.observed(),
+            world_with(token.clone(), failed_with(failure)),
+        );
         let next = written_status(&reconcile).next_retry_time.unwrap().0;
         delays.push(next.duration_since(at(world.now)).as_secs());
         world = after(&world, &reconcile, next.duration_since(at(0)).as_secs());
     }
     for (delay, expected) in delays.iter().zip([5, 10, 20, 40]) {
-        assert!((expected * 4 / 5..=expected).contains(delay), "{delays:?}: doubling, less at most a fifth");
+        assert!(
+            (expected * 4 / 5..=expected).contains(delay),
+            "{delays:?}: doubling, less at most a fifth"
+        );
     }
 }
 
@@ -517,14 +642,20 @@ fn a_permanent_failure_retries_at_once_when_the_client_secret_content_changes() 
     let mut world = World::new(serde_json::json!({})).with_token(&token);
     world.now = 4800;
     let failure = Failure::new(Reason::InvalidClientCredentials, "invalid_client");
-    let (_, _, reconcile) = run(world.observed(), world_with(token.clone(), failed_with(failure)));
+    let (_, _, reconcile) = run(
+        world.observed(),
+        world_with(token.clone(), failed_with(failure)),
+    );
     let later = after(&world, &reconcile, 4810);
     let mut o = later.observed();
     o.client = observe::client_from_secret(
         Some(&client_secret("id", "a-new-secret")),
         o.credential.spec.client_secret_ref.as_ref().unwrap(),
     );
-    assert_eq!(decide(&o), Decision::Issue(IssueReason::ClientSecretChanged));
+    assert_eq!(
+        decide(&o),
+        Decision::Issue(IssueReason::ClientSecretChanged)
+    );
 }
 
 #[test]
@@ -533,14 +664,24 @@ fn a_label_added_to_the_client_secret_does_not_skip_the_backoff() {
     let mut world = World::new(serde_json::json!({})).with_token(&token);
     world.now = 4800;
     let failure = Failure::new(Reason::InvalidClientCredentials, "invalid_client");
-    let (_, _, reconcile) = run(world.observed(), world_with(token.clone(), failed_with(failure)));
+    let (_, _, reconcile) = run(
+        world.observed(),
+        world_with(token.clone(), failed_with(failure)),
+    );
     let later = after(&world, &reconcile, 4810);
     let mut o = later.observed();
     // Same content, new resourceVersion (a backup tool labelled it).
     let mut relabelled = client_secret("id", CLIENT_SECRET);
     relabelled.metadata.resource_version = Some("43".into());
-    o.client = observe::client_from_secret(Some(&relabelled), o.credential.spec.client_secret_ref.as_ref().unwrap());
-    assert!(matches!(decide(&o), Decision::Failing(_)), "{:?}", decide(&o));
+    o.client = observe::client_from_secret(
+        Some(&relabelled),
+        o.credential.spec.client_secret_ref.as_ref().unwrap(),
+    );
+    assert!(
+        matches!(decide(&o), Decision::Failing(_)),
+        "{:?}",
+        decide(&o)
+    );
 }
 
 #[test]
@@ -553,10 +694,18 @@ fn a_server_retry_after_holds_even_when_the_inputs_change() {
         message: "429".into(),
         retry_after: Some(Duration::from_secs(120)),
     };
-    let (_, _, reconcile) = run(world.observed(), world_with(token.clone(), failed_with(failure)));
+    let (_, _, reconcile) = run(
+        world.observed(),
+        world_with(token.clone(), failed_with(failure)),
+    );
     let mut later = after(&world, &reconcile, 4850);
-    later.credential.metadata.annotations =
-        Some([(crate::api::REFRESH_ANNOTATION.to_owned(), "please".to_owned())].into());
+    later.credential.metadata.annotations = Some(
+        [(
+            crate::api::REFRESH_ANNOTATION.to_owned(),
+            "please".to_owned(),
+        )]
+        .into(),
+    );
     assert!(matches!(decide(&later.observed()), Decision::Failing(_)));
     later.now = 4920;
     assert!(matches!(decide(&later.observed()), Decision::Issue(_)));
@@ -572,9 +721,16 @@ fn a_wait_longer_than_the_token_lives_is_cut_to_retry_before_it_expires() {
         message: "429".into(),
         retry_after: Some(Duration::from_secs(24 * 3600)),
     };
-    let (_, _, reconcile) = run(world.observed(), world_with(token.clone(), failed_with(failure)));
+    let (_, _, reconcile) = run(
+        world.observed(),
+        world_with(token.clone(), failed_with(failure)),
+    );
     let status = written_status(&reconcile);
-    assert_eq!(status.next_retry_time, Some(Time(at(7200 - 60))), "a minute before expiry");
+    assert_eq!(
+        status.next_retry_time,
+        Some(Time(at(7200 - 60))),
+        "a minute before expiry"
+    );
     assert_eq!(status.retry_after_time, Some(Time(at(7200 - 60))));
 }
 
@@ -584,32 +740,62 @@ fn a_transient_failure_keeps_the_old_token_ready() {
     let mut world = World::new(serde_json::json!({})).with_token(&token);
     world.now = 4800;
     let failure = Failure::new(Reason::TokenEndpointUnavailable, "connection refused");
-    let (_, _, reconcile) = run(world.observed(), world_with(token.clone(), failed_with(failure)));
+    let (_, _, reconcile) = run(
+        world.observed(),
+        world_with(token.clone(), failed_with(failure)),
+    );
     let status = written_status(&reconcile);
     assert_eq!(ready(&status), ("True".into(), "TokenIssued".into()));
-    assert!(conditions::find(&status.conditions, conditions::READY).unwrap().message.contains("renewal failed"));
-    assert_eq!(status.expires_at, Some(Time(at(7200))), "the old token stays");
+    assert!(
+        conditions::find(&status.conditions, conditions::READY)
+            .unwrap()
+            .message
+            .contains("renewal failed")
+    );
+    assert_eq!(
+        status.expires_at,
+        Some(Time(at(7200))),
+        "the old token stays"
+    );
 }
 
 #[test]
 fn a_host_that_asks_to_wait_is_asked_again_then_and_nothing_is_written() {
     let world = World::new(serde_json::json!({}));
-    let (steps, finish, _) = run(world.observed(), world_with(issued("t", 0, 60), |step| match step {
-        Step::ObtainToken(_) => Some(Outcome::Token(TokenOutcome::NotNow(Duration::from_secs(30)))),
-        _ => None,
-    }));
-    assert_eq!(steps, ["ConsultGroup", "ReadClientSecret", "ObtainToken(ClientCredentials)"]);
+    let (steps, finish, _) = run(
+        world.observed(),
+        world_with(issued("t", 0, 60), |step| match step {
+            Step::ObtainToken(_) => Some(Outcome::Token(TokenOutcome::NotNow(
+                Duration::from_secs(30),
+            ))),
+            _ => None,
+        }),
+    );
+    assert_eq!(
+        steps,
+        [
+            "ConsultGroup",
+            "ReadClientSecret",
+            "ObtainToken(ClientCredentials)"
+        ]
+    );
     assert_eq!(finish, Finish::At(Some(at(30))));
 }
 
 #[test]
 fn a_replica_that_lost_the_lease_stops_at_once() {
     let world = World::new(serde_json::json!({}));
-    let (steps, finish, _) = run(world.observed(), world_with(issued("t", 0, 60), |step| match step {
-        Step::ObtainToken(_) => Some(Outcome::NotLeader),
-        _ => None,
-    }));
-    assert_eq!(steps.last().map(String::as_str), Some("ObtainToken(ClientCredentials)"));
+    let (steps, finish, _) = run(
+        world.observed(),
+        world_with(issued("t", 0, 60), |step| match step {
+            Step::ObtainToken(_) => Some(Outcome::NotLeader),
+            _ => None,
+        }),
+    );
+    assert_eq!(
+        steps.last().map(String::as_str),
+        Some("ObtainToken(ClientCredentials)")
+    );
     assert_eq!(finish, Finish::NotLeader);
 }
 
@@ -625,7 +811,8 @@ fn a_refused_secret_write_is_recorded_and_the_token_is_not_minted_again_before_t
         ))))),
         _ => None,
     };
-    let (steps, finish, reconcile) = run(world.observed(), world_with(issued("t1", 0, 7200), refused));
+    let (steps, finish, reconcile) =
+        run(world.observed(), world_with(issued("t1", 0, 7200), refused));
     assert_eq!(
         steps,
         [
@@ -638,35 +825,59 @@ fn a_refused_secret_write_is_recorded_and_the_token_is_not_minted_again_before_t
         ]
     );
     let status = written_status(&reconcile);
-    assert_eq!(ready(&status), ("False".into(), "TargetSecretRejected".into()));
+    assert_eq!(
+        ready(&status),
+        ("False".into(), "TargetSecretRejected".into())
+    );
     assert!(has(&status, "Stalled"));
-    assert!(conditions::find(&status.conditions, "Ready").unwrap().message.contains("exceeded quota"));
+    assert!(
+        conditions::find(&status.conditions, "Ready")
+            .unwrap()
+            .message
+            .contains("exceeded quota")
+    );
     assert_jittered(finish_at(&finish), at(600), 120, "retried slowly");
     let next = finish_at(&finish).duration_since(at(0)).as_secs();
     for now in [5, 60, next - 1] {
         let later = after(&world, &reconcile, now);
         let (steps, _, _) = run(later.observed(), healthy(issued("t2", now, 7200)));
-        assert!(!steps.iter().any(|s| s.starts_with("ObtainToken")), "at +{now}s: {steps:?}");
+        assert!(
+            !steps.iter().any(|s| s.starts_with("ObtainToken")),
+            "at +{now}s: {steps:?}"
+        );
     }
 }
 
 #[test]
 fn a_failed_status_write_keeps_the_failure_in_memory_so_no_request_follows() {
     let world = World::new(serde_json::json!({}));
-    let (_, finish, reconcile) = run(world.observed(), world_with(issued("t1", 0, 7200), |step| match step {
-        Step::ObtainToken(_) => Some(Outcome::Token(TokenOutcome::Failed {
-            failure: Failure::new(Reason::InvalidClientCredentials, "invalid_client"),
-            invalid_grant: false,
-        })),
-        Step::WriteStatus(_) => Some(Outcome::StatusWritten(Err(Failure::new(Reason::KubernetesApiUnavailable, "etcd timeout")))),
-        _ => None,
-    }));
+    let (_, finish, reconcile) = run(
+        world.observed(),
+        world_with(issued("t1", 0, 7200), |step| match step {
+            Step::ObtainToken(_) => Some(Outcome::Token(TokenOutcome::Failed {
+                failure: Failure::new(Reason::InvalidClientCredentials, "invalid_client"),
+                invalid_grant: false,
+            })),
+            Step::WriteStatus(_) => Some(Outcome::StatusWritten(Err(Failure::new(
+                Reason::KubernetesApiUnavailable,
+                "etcd timeout",
+            )))),
+            _ => None,
+        }),
+    );
     assert!(matches!(finish, Finish::ApiError(_)));
     // The next reconcile sees the old (empty) status but remembers the failure.
-    let mut later = World { memo: Some(reconcile.memo(None)), now: 5, ..World::new(serde_json::json!({})) };
+    let mut later = World {
+        memo: Some(reconcile.memo(None)),
+        now: 5,
+        ..World::new(serde_json::json!({}))
+    };
     later.credential.metadata.resource_version = Some("10".into());
     let (steps, _, _) = run(later.observed(), healthy(issued("t2", 5, 7200)));
-    assert!(!steps.iter().any(|s| s.starts_with("ObtainToken")), "{steps:?}");
+    assert!(
+        !steps.iter().any(|s| s.starts_with("ObtainToken")),
+        "{steps:?}"
+    );
 }
 
 #[test]
@@ -675,17 +886,23 @@ fn a_secret_that_appeared_meanwhile_is_a_conflict_and_is_never_written_twice() {
     let mut foreign = client_secret("x", "y");
     foreign.metadata.name = Some("reports-token".into());
     let mut writes = 0;
-    let (steps, _, reconcile) = run(world.observed(), world_with(issued("t1", 0, 7200), move |step| match step {
-        Step::WriteSecret(_) => {
-            writes += 1;
-            assert_eq!(writes, 1, "a second write into someone else's Secret");
-            Some(Outcome::Written(Err(WriteError::AlreadyExists)))
-        }
-        Step::ReadTarget => Some(Outcome::Read(Ok(Some(foreign.clone())))),
-        _ => None,
-    }));
+    let (steps, _, reconcile) = run(
+        world.observed(),
+        world_with(issued("t1", 0, 7200), move |step| match step {
+            Step::WriteSecret(_) => {
+                writes += 1;
+                assert_eq!(writes, 1, "a second write into someone else's Secret");
+                Some(Outcome::Written(Err(WriteError::AlreadyExists)))
+            }
+            Step::ReadTarget => Some(Outcome::Read(Ok(Some(foreign.clone())))),
+            _ => None,
+        }),
+    );
     assert!(steps.contains(&"ReadTarget".to_owned()), "{steps:?}");
-    assert_eq!(ready(&written_status(&reconcile)), ("False".into(), "TargetSecretConflict".into()));
+    assert_eq!(
+        ready(&written_status(&reconcile)),
+        ("False".into(), "TargetSecretConflict".into())
+    );
 }
 
 #[test]
@@ -695,16 +912,38 @@ fn a_target_that_changed_since_it_was_read_is_read_again_and_written_once_more()
     world.now = 4800;
     let credential = world.credential.clone();
     let mut first = true;
-    let (steps, _, reconcile) = run(world.observed(), world_with(issued("t2", 4800, 7200), move |step| match step {
-        Step::WriteSecret(_) if first => {
-            first = false;
-            Some(Outcome::Written(Err(WriteError::Conflict)))
-        }
-        Step::ReadTarget => Some(Outcome::Read(Ok(Some(stored_target(&credential, &token, "78", &fingerprint()))))),
-        _ => None,
-    }));
-    assert_eq!(steps.iter().filter(|s| s.starts_with("ObtainToken")).count(), 1, "{steps:?}");
-    assert_eq!(steps.iter().filter(|s| s.starts_with("WriteTarget")).count(), 2, "{steps:?}");
+    let (steps, _, reconcile) = run(
+        world.observed(),
+        world_with(issued("t2", 4800, 7200), move |step| match step {
+            Step::WriteSecret(_) if first => {
+                first = false;
+                Some(Outcome::Written(Err(WriteError::Conflict)))
+            }
+            Step::ReadTarget => Some(Outcome::Read(Ok(Some(stored_target(
+                &credential,
+                &token,
+                "78",
+                &fingerprint(),
+            ))))),
+            _ => None,
+        }),
+    );
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| s.starts_with("ObtainToken"))
+            .count(),
+        1,
+        "{steps:?}"
+    );
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| s.starts_with("WriteTarget"))
+            .count(),
+        2,
+        "{steps:?}"
+    );
     assert_eq!(ready(&written_status(&reconcile)).1, "TokenIssued");
 }
 
@@ -715,11 +954,22 @@ fn a_changed_secret_type_replaces_the_secret() {
     world.now = 60;
     let credential = world.credential.clone();
     world.credential.spec.target.r#type = Some("example.com/token".into());
-    let (steps, _, _) = run(world.observed(), world_with(issued("t2", 60, 7200), move |step| match step {
-        Step::ReadTarget => Some(Outcome::Read(Ok(Some(stored_target(&credential, &token, "77", &fingerprint()))))),
-        _ => None,
-    }));
-    assert!(steps.contains(&"WriteTarget(\"Replace\")".to_owned()), "{steps:?}");
+    let (steps, _, _) = run(
+        world.observed(),
+        world_with(issued("t2", 60, 7200), move |step| match step {
+            Step::ReadTarget => Some(Outcome::Read(Ok(Some(stored_target(
+                &credential,
+                &token,
+                "77",
+                &fingerprint(),
+            ))))),
+            _ => None,
+        }),
+    );
+    assert!(
+        steps.contains(&"WriteTarget(\"Replace\")".to_owned()),
+        "{steps:?}"
+    );
 }
 
 // ---------------------------------------------------------------- verify --
@@ -727,26 +977,47 @@ fn a_changed_secret_type_replaces_the_secret() {
 #[test]
 fn verify_outcomes_decide_between_ready_slow_retry_and_backoff() {
     for (answer, reason, delay) in [
-        (Err(Failure::new(Reason::VerifyFailed, "401")), Some("VerifyFailed"), 600),
-        (Err(Failure::new(Reason::VerifyUnavailable, "timed out")), Some("VerifyUnavailable"), 5),
+        (
+            Err(Failure::new(Reason::VerifyFailed, "401")),
+            Some("VerifyFailed"),
+            600,
+        ),
+        (
+            Err(Failure::new(Reason::VerifyUnavailable, "timed out")),
+            Some("VerifyUnavailable"),
+            5,
+        ),
         (Ok(Verification::Forbidden), None, 0),
     ] {
         let world = World::new(serde_json::json!({"verify": true, "region": "us1"}));
         let mut answer = Some(answer);
-        let (steps, _, reconcile) = run(world.observed(), world_with(issued("t1", 0, 7200), move |step| match step {
-            Step::Verify { .. } => Some(Outcome::Verified(answer.take().expect("verified once"))),
-            _ => None,
-        }));
+        let (steps, _, reconcile) = run(
+            world.observed(),
+            world_with(issued("t1", 0, 7200), move |step| match step {
+                Step::Verify { .. } => {
+                    Some(Outcome::Verified(answer.take().expect("verified once")))
+                }
+                _ => None,
+            }),
+        );
         let status = written_status(&reconcile);
         match reason {
             Some(reason) => {
-                assert!(!steps.iter().any(|s| s.starts_with("WriteTarget")), "{reason}: {steps:?}");
+                assert!(
+                    !steps.iter().any(|s| s.starts_with("WriteTarget")),
+                    "{reason}: {steps:?}"
+                );
                 assert_eq!(ready(&status), ("False".into(), reason.into()));
                 assert_retry(status.next_retry_time.clone(), 0, delay, reason);
             }
             None => {
                 assert_eq!(ready(&status).0, "True");
-                assert!(conditions::find(&status.conditions, "Ready").unwrap().message.contains("403"));
+                assert!(
+                    conditions::find(&status.conditions, "Ready")
+                        .unwrap()
+                        .message
+                        .contains("403")
+                );
             }
         }
     }
@@ -775,7 +1046,15 @@ fn a_workload_is_restarted_once_per_token_and_never_for_a_reverted_annotation() 
     // never reads it) restart nothing for the same token.
     let mut later = after(&world, &reconcile, 60);
     later.target = Some(Known::Present({
-        let mut facts = SecretFacts::of_metadata(&stored_target(&later.credential, &issued("t1", 0, 7200), "100", &fingerprint()).metadata);
+        let mut facts = SecretFacts::of_metadata(
+            &stored_target(
+                &later.credential,
+                &issued("t1", 0, 7200),
+                "100",
+                &fingerprint(),
+            )
+            .metadata,
+        );
         facts.controller = Some("uid-1".into());
         facts
     }));
@@ -787,14 +1066,23 @@ fn a_workload_is_restarted_once_per_token_and_never_for_a_reverted_annotation() 
 fn restart_failures_keep_the_token_ready_and_back_off() {
     for (answer, reason, delay) in [
         (Ok(Restart::NotFound), "RolloutRestartTargetNotFound", 600),
-        (Err(Failure::new(Reason::KubernetesApiUnavailable, "503")), "RolloutRestartFailed", 5),
+        (
+            Err(Failure::new(Reason::KubernetesApiUnavailable, "503")),
+            "RolloutRestartFailed",
+            5,
+        ),
     ] {
         let world = with_restart_target(World::new(serde_json::json!({})));
         let mut answer = Some(answer);
-        let (_, finish, reconcile) = run(world.observed(), world_with(issued("t1", 0, 7200), move |step| match step {
-            Step::RestartWorkload { .. } => Some(Outcome::Restarted(answer.take().expect("once"))),
-            _ => None,
-        }));
+        let (_, finish, reconcile) = run(
+            world.observed(),
+            world_with(issued("t1", 0, 7200), move |step| match step {
+                Step::RestartWorkload { .. } => {
+                    Some(Outcome::Restarted(answer.take().expect("once")))
+                }
+                _ => None,
+            }),
+        );
         let status = written_status(&reconcile);
         assert_eq!(ready(&status).0, "True", "{reason}: the token is fine");
         assert_eq!(status.last_failure_reason.as_deref(), Some(reason));
@@ -804,15 +1092,29 @@ fn restart_failures_keep_the_token_ready_and_back_off() {
         let delay = next;
         let mut later = after(&world, &reconcile, delay - 1);
         later.target = Some(Known::Present({
-            let mut facts = SecretFacts::of_metadata(&stored_target(&later.credential, &issued("t1", 0, 7200), "100", &fingerprint()).metadata);
+            let mut facts = SecretFacts::of_metadata(
+                &stored_target(
+                    &later.credential,
+                    &issued("t1", 0, 7200),
+                    "100",
+                    &fingerprint(),
+                )
+                .metadata,
+            );
             facts.controller = Some("uid-1".into());
             facts
         }));
         let (steps, _, _) = run(later.observed(), healthy(issued("t1", 0, 7200)));
-        assert!(!steps.iter().any(|s| s.starts_with("Restart")), "{reason}: not before the backoff: {steps:?}");
+        assert!(
+            !steps.iter().any(|s| s.starts_with("Restart")),
+            "{reason}: not before the backoff: {steps:?}"
+        );
         later.now = delay;
         let (steps, _, _) = run(later.observed(), healthy(issued("t1", 0, 7200)));
-        assert!(steps.iter().any(|s| s.starts_with("Restart")), "{reason}: retried then: {steps:?}");
+        assert!(
+            steps.iter().any(|s| s.starts_with("Restart")),
+            "{reason}: retried then: {steps:?}"
+        );
     }
 }
 
@@ -827,7 +1129,12 @@ fn a_refresh_token_is_used_and_a_refused_one_falls_back_to_client_credentials() 
         TargetState::Owned(owned) => owned.record.clone().unwrap().token_hash,
         _ => panic!(),
     };
-    let mut refresh_secret = target_secret::build_refresh(&world.credential, &SecretString::from("rt-1"), None, &record_hash);
+    let mut refresh_secret = target_secret::build_refresh(
+        &world.credential,
+        &SecretString::from("rt-1"),
+        None,
+        &record_hash,
+    );
     refresh_secret.metadata.uid = Some("uid-refresh".into());
     refresh_secret.metadata.resource_version = Some("80".into());
     world.refresh = None; // unknown: read when it can be used
@@ -835,22 +1142,31 @@ fn a_refresh_token_is_used_and_a_refused_one_falls_back_to_client_credentials() 
     next.refresh_token = Some(SecretString::from("rt-2"));
     let mut grants = vec![];
     let renewed = minted(next.clone(), "ClientCredentials");
-    let (steps, _, reconcile) = run(world.observed(), world_with(next, |step| match step {
-        Step::ReadRefreshSecret => Some(Outcome::Read(Ok(Some(refresh_secret.clone())))),
-        Step::ObtainToken(order) => {
-            grants.push(order.grant.kind.name());
-            Some(match order.grant.kind {
-                GrantKind::RefreshToken(_) => Outcome::Token(TokenOutcome::Failed {
-                    failure: Failure::new(Reason::InvalidClientCredentials, "invalid_grant"),
-                    invalid_grant: true,
-                }),
-                _ => Outcome::Token(TokenOutcome::Obtained { token: renewed.clone(), requested: true }),
-            })
-        }
-        _ => None,
-    }));
+    let (steps, _, reconcile) = run(
+        world.observed(),
+        world_with(next, |step| match step {
+            Step::ReadRefreshSecret => Some(Outcome::Read(Ok(Some(refresh_secret.clone())))),
+            Step::ObtainToken(order) => {
+                grants.push(order.grant.kind.name());
+                Some(match order.grant.kind {
+                    GrantKind::RefreshToken(_) => Outcome::Token(TokenOutcome::Failed {
+                        failure: Failure::new(Reason::InvalidClientCredentials, "invalid_grant"),
+                        invalid_grant: true,
+                    }),
+                    _ => Outcome::Token(TokenOutcome::Obtained {
+                        token: renewed.clone(),
+                        requested: true,
+                    }),
+                })
+            }
+            _ => None,
+        }),
+    );
     assert_eq!(grants, ["RefreshToken", "ClientCredentials"]);
-    assert!(steps.contains(&"WriteRefresh(\"Update\")".to_owned()), "the new refresh token is kept: {steps:?}");
+    assert!(
+        steps.contains(&"WriteRefresh(\"Update\")".to_owned()),
+        "the new refresh token is kept: {steps:?}"
+    );
     assert_eq!(ready(&written_status(&reconcile)).0, "True");
 }
 
@@ -861,25 +1177,35 @@ fn a_newer_group_token_is_taken_without_a_request() {
     world.now = 1000;
     let newer = issued("t2", 900, 7200);
     let shared = minted(newer.clone(), "ClientCredentials");
-    let (steps, _, reconcile) = run(world.observed(), world_with(newer.clone(), |step| match step {
-        Step::ConsultGroup(_) => Some(Outcome::Group(Some(crate::observe::GroupToken {
-            issued_at: newer.issued_at,
-            expires_at: newer.expires_at,
-            token_hash: "h".into(),
-        }))),
-        Step::ObtainToken(order) => {
-            assert!(!order.may_request, "a group token never costs a request");
-            Some(Outcome::Token(TokenOutcome::Obtained { token: shared.clone(), requested: false }))
-        }
-        _ => None,
-    }));
-    assert!(steps.contains(&"ObtainToken(ClientCredentials, no request)".to_owned()), "{steps:?}");
+    let (steps, _, reconcile) = run(
+        world.observed(),
+        world_with(newer.clone(), |step| match step {
+            Step::ConsultGroup(_) => Some(Outcome::Group(Some(crate::observe::GroupToken {
+                issued_at: newer.issued_at,
+                expires_at: newer.expires_at,
+                token_hash: "h".into(),
+            }))),
+            Step::ObtainToken(order) => {
+                assert!(!order.may_request, "a group token never costs a request");
+                Some(Outcome::Token(TokenOutcome::Obtained {
+                    token: shared.clone(),
+                    requested: false,
+                }))
+            }
+            _ => None,
+        }),
+    );
+    assert!(
+        steps.contains(&"ObtainToken(ClientCredentials, no request)".to_owned()),
+        "{steps:?}"
+    );
     assert_eq!(written_status(&reconcile).issued_at, Some(Time(at(900))));
 }
 
 #[test]
 fn a_token_exchange_waits_for_its_subject_and_names_it() {
-    let mut world = World::new(serde_json::json!({"tokenExchange": {"subjectCredentialRef": {"name": "msp"}}}));
+    let mut world =
+        World::new(serde_json::json!({"tokenExchange": {"subjectCredentialRef": {"name": "msp"}}}));
     world.credential.spec.client_secret_ref = None;
     let o = world.observed();
     let decision = decide(&o);
@@ -909,7 +1235,7 @@ fn a_cache_older_than_the_operators_own_write_does_nothing() {
 #[test]
 fn a_missing_client_secret_blocks_without_a_request_and_says_so_once() {
     let mut world = World::new(serde_json::json!({}));
-    world.client = Some(Known::Absent);
+    world.client = Some(Known::Absent(Absence::NotListed));
     let (steps, finish, reconcile) = run(world.observed(), healthy(issued("t", 0, 60)));
     assert_eq!(steps, ["Event(ClientSecretNotFound)", "WriteStatus"]);
     assert_eq!(finish, Finish::At(None));
@@ -927,19 +1253,25 @@ fn a_previous_target_is_deleted_only_when_it_is_ours() {
     status.secret_name = Some("old-name".into());
     world.credential.status = Some(status);
     let credential = world.credential.clone();
-    let (steps, _, _) = run(world.observed(), world_with(token.clone(), move |step| match step {
-        Step::ReadSecret { .. } => {
-            let mut old = stored_target(&credential, &issued("t0", 0, 60), "5", &fingerprint());
-            old.metadata.name = Some("old-name".into());
-            Some(Outcome::Read(Ok(Some(old))))
-        }
-        _ => None,
-    }));
+    let (steps, _, _) = run(
+        world.observed(),
+        world_with(token.clone(), move |step| match step {
+            Step::ReadSecret { .. } => {
+                let mut old = stored_target(&credential, &issued("t0", 0, 60), "5", &fingerprint());
+                old.metadata.name = Some("old-name".into());
+                Some(Outcome::Read(Ok(Some(old))))
+            }
+            _ => None,
+        }),
+    );
     assert!(steps.contains(&"Delete(old-name)".to_owned()), "{steps:?}");
-    let (steps, _, _) = run(world.observed(), world_with(token, |step| match step {
-        Step::ReadSecret { .. } => Some(Outcome::Read(Ok(Some(client_secret("not", "ours"))))),
-        _ => None,
-    }));
+    let (steps, _, _) = run(
+        world.observed(),
+        world_with(token, |step| match step {
+            Step::ReadSecret { .. } => Some(Outcome::Read(Ok(Some(client_secret("not", "ours"))))),
+            _ => None,
+        }),
+    );
     assert!(!steps.iter().any(|s| s.starts_with("Delete")), "{steps:?}");
 }
 
@@ -949,7 +1281,11 @@ fn neither_the_observation_nor_any_step_shows_a_secret() {
     let mut seen = vec![];
     let (_, _, reconcile) = run(world.observed(), |step, o| {
         seen.push(format!("{step:?} {o:?}"));
-        healthy(issued("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.sig-token-value", 0, 7200))(step, o)
+        healthy(issued(
+            "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.sig-token-value",
+            0,
+            7200,
+        ))(step, o)
     });
     seen.push(format!("{:?}", reconcile.observed));
     for text in seen {

@@ -135,7 +135,8 @@ pub(crate) fn scrub_text(text: &str, patterns: &[String], max_chars: usize) -> S
     let mut redact_next = false;
     for word in text.split_whitespace() {
         let bare = word.trim_matches(|c: char| !is_token_char(c));
-        if !bare.is_empty() && (redact_next || looks_like_token(bare)) {
+        let already = word.contains(REDACTED);
+        if !bare.is_empty() && !already && (redact_next || looks_like_token(bare)) {
             words.push(word.replace(bare, REDACTED));
         } else {
             words.push(word.to_owned());
@@ -231,6 +232,16 @@ mod tests {
         }
         assert!(!scrubbed.chars().any(char::is_control), "{scrubbed}");
         assert!(scrubbed.starts_with("bad secret <redacted>"), "{scrubbed}");
+    }
+
+    #[test]
+    fn a_redacted_basic_credential_is_redacted_once() {
+        let scrubber = Scrubber::new("id", Some("secret-1"), &[]);
+        let header = format!("Basic {}", STANDARD.encode("id:secret-1"));
+        assert_eq!(
+            scrubber.scrub(&format!("sent {header} twice"), 200),
+            "sent Basic <redacted> twice"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 # Environment: IMAGE (default localhost/dscc-token-operator:dev), VERSION and REVISION (the
 # OCI labels; default Cargo.toml's version and `git rev-parse HEAD` of the context).
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 started=$SECONDS
@@ -47,12 +47,25 @@ bud=(buildah bud --layers --force-rm --pull=never --network host
 	--build-arg BUILDER_IMAGE="$builder_image"
 	--build-arg RUNTIME_IMAGE="$runtime_image"
 	--build-arg VERSION="$version"
-	--build-arg REVISION="$revision")
-"${bud[@]}" --tag "$IMAGE" "$context" >&2 || die "buildah bud failed"
+	--build-arg REVISION="$revision"
+	# buildah 1.28's layer cache ignores build-arg values: a cached LABEL step would keep
+	# the previous revision. --label adds a last LABEL step with the value written out.
+	--label org.opencontainers.image.version="$version"
+	--label org.opencontainers.image.revision="$revision")
+mkdir -p "$CONTAINERS_DIR/logs"
+build_log="$CONTAINERS_DIR/logs/build-$(date +%Y%m%d-%H%M%S).log"
+"${bud[@]}" --tag "$IMAGE" "$context" 2>&1 | tee "$build_log" >&2 ||
+	die "buildah bud failed (log: $build_log)"
 # The build stage's last layer has no tag and no child: `image prune` below would take it
-# and with it the cache of the compile step. A tag keeps it (every step is cached: quick).
-"${bud[@]}" --target build --tag "$IMAGE-build-stage" "$context" >/dev/null 2>&1 ||
-	die "buildah bud --target build failed after the full build did not"
+# and with it the cache of the compile step. A tag keeps it: the id is the last "--> ID"
+# of the first stage in the log ("--> Using cache ID" or "--> ID").
+stage_id=$(awk '/^\[1\/[0-9]+\] STEP/ { in1 = 1 } /^\[2\/[0-9]+\]/ { in1 = 0 }
+	in1 && /^--> / { id = $NF } END { print id }' "$build_log")
+prune=1
+if [[ -z $stage_id ]] || ! buildah tag "$stage_id" "$IMAGE-build-stage" >/dev/null 2>&1; then
+	log "warning: cannot tell the build stage's layer from the log; not pruning old layers"
+	prune=0
+fi
 build_done=$SECONDS
 
 # The image, checked from the outside: no shell, the binary's libraries all there (with the
@@ -77,15 +90,19 @@ needed=$(readelf -d "$binary" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n'
 config=$(buildah inspect --type image --format '{{.OCIv1.Config.User}} {{.OCIv1.Config.Entrypoint}} {{.OCIv1.Config.Cmd}}' "$IMAGE")
 [[ $config == "65532:65532 [/dscc-token-operator] [run]" ]] ||
 	die "unexpected image config (user entrypoint cmd): $config"
+labels=$(buildah inspect --type image --format '{{index .OCIv1.Config.Labels "org.opencontainers.image.version"}} {{index .OCIv1.Config.Labels "org.opencontainers.image.revision"}}' "$IMAGE")
+[[ $labels == "$version $revision" ]] ||
+	die "the image's version and revision labels are '$labels', expected '$version $revision'"
 buildah rm "$ctr" >/dev/null
 trap - EXIT
 
 # Dangling images (earlier builds' layers nobody refers to any more): with vfs each holds a
 # full copy of the builder's file system. This build's layers are all tagged or parents.
-podman_cmd image prune --force >/dev/null 2>&1 || true
+[[ $prune == 0 ]] || podman_cmd image prune --force >/dev/null 2>&1 || true
 
 log "the binary links: $needed(interpreter $interp); no shell; user 65532:65532"
 podman_cmd image ls "$IMAGE" >&2
 echo "image: $IMAGE"
 echo "size: $(image_size "$IMAGE")"
 echo "time: $((SECONDS - started)) s (stand-ins $((standins_done - started)) s, buildah bud $((build_done - standins_done)) s)"
+echo "log: $build_log"

@@ -3,6 +3,7 @@
 # shellcheck shell=bash
 
 IMAGE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck disable=SC2034 # used by the scripts that source this
 REPO_ROOT=$(cd "$IMAGE_DIR/../.." && pwd)
 
 # All container state (images, layers, build caches, temporary files) lives here, never in

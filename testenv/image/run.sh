@@ -18,7 +18,7 @@
 # A file given with -v must be readable by uid 65532 (e.g. chmod 0644).
 # Environment: IMAGE (default localhost/dscc-token-operator:dev).
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 podman_args=() operator_args=("$@")

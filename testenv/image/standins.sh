@@ -22,12 +22,12 @@
 # Environment: RUST_TOOLCHAIN (default 1.95.0, a rustup toolchain name; without rustup the
 # rustc on PATH), DEBIAN_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Bump when a recipe below changes in a way its key does not capture.
 BUILDER_RECIPE=1
-RUNTIME_RECIPE=1
+RUNTIME_RECIPE=2
 
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -158,6 +158,7 @@ build_builder() {
 		--label org.opencontainers.image.description="local stand-in for rust:bookworm ($("$sysroot/bin/rustc" -V))" \
 		"$ctr"
 	# Smoke test: the toolchain compiles and links a program inside the container.
+	# shellcheck disable=SC2016 # expanded by the container's shell
 	if ! buildah run --network none "$ctr" -- sh -ec '
 		cd "$(mktemp -d)"
 		printf "fn main() { println!(\"hello from {}\", std::env::consts::ARCH); }\n" > hello.rs
@@ -181,22 +182,22 @@ elf_needed() {
 # check_closure ROOT: every DT_NEEDED of every ELF file under ROOT is in ROOT's library
 # directory, and every PT_INTERP exists. Prints what is missing; fails if anything is.
 check_closure() {
-	local root=$1 f lib interp missing=0
+	local root=$1 f lib interp bad=0
 	while IFS= read -r -d '' f; do
 		head -c 4 "$f" | grep -q 'ELF' || continue
 		for lib in $(elf_needed "$f"); do
 			[[ -e $root/usr/lib/x86_64-linux-gnu/$lib ]] || {
 				echo "missing: $lib (needed by ${f#"$root"})" >&2
-				missing=1
+				bad=1
 			}
 		done
 		interp=$(readelf -l "$f" 2>/dev/null | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')
 		if [[ -n $interp && ! -e $root$interp ]]; then
 			echo "missing: the loader $interp (needed by ${f#"$root"})" >&2
-			missing=1
+			bad=1
 		fi
 	done < <(find "$root" -xdev -type f -print0)
-	return "$missing"
+	return "$bad"
 }
 
 # check_no_shell ROOT: no shell, no busybox, no package manager anywhere in ROOT.
@@ -281,8 +282,7 @@ build_runtime() {
 		--user 65532:65532 --workingdir /home/nonroot \
 		--env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 		--env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
-		--label io.dscc-token-operator.standin=runtime \
-		--label io.dscc-token-operator.standin.key="${tag##*:}" \
+		--label io.dscc-token-operator.runtime-standin="${tag##*:}" \
 		--label org.opencontainers.image.description="local stand-in for gcr.io/distroless/cc-debian12:nonroot" \
 		"$ctr"
 	buildah commit --quiet --rm "$ctr" "$tag" >/dev/null

@@ -8,14 +8,11 @@
 //! request (client id and outcome, never a secret or token) to stderr, and exits on SIGTERM
 //! or Ctrl-C.
 
-#[path = "../tests/support/token_endpoint.rs"]
-mod token_endpoint;
-
 use std::io::Write as _;
 use std::time::Duration;
 
 use clap::Parser;
-use token_endpoint::TokenEndpoint;
+use dscc_testkit::token_endpoint::TokenEndpoint;
 
 /// A fake OAuth 2.0 client credentials token endpoint on 127.0.0.1.
 #[derive(Debug, Parser)]

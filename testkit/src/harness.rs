@@ -91,9 +91,7 @@ impl TestEnv {
         let client_id = format!("client-{}", suffix());
         let client_secret = format!("client-secret-{}-{}", suffix(), suffix());
         endpoint.set_client(&client_id, &client_secret);
-        let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join("e2e-logs")
-            .join(&namespace);
+        let log_dir = crate::tmp_dir().join("e2e-logs").join(&namespace);
         std::fs::create_dir_all(&log_dir).expect("create the log folder");
         Self {
             client,
@@ -164,6 +162,20 @@ impl TestEnv {
             ],
         )
         .await;
+    }
+
+    /// Registers a client of its own at the endpoint and writes it into Secret `name`, for
+    /// credentials that must not share a token group.
+    pub async fn put_own_client_secret(&self, name: &str) -> (String, String) {
+        let client_id = format!("client-{name}-{}", suffix());
+        let client_secret = format!("secret-{}-{}", suffix(), suffix());
+        self.endpoint.set_client(&client_id, &client_secret);
+        self.put_secret(
+            name,
+            &[("client_id", &client_id), ("client_secret", &client_secret)],
+        )
+        .await;
+        (client_id, client_secret)
     }
 
     /// A credential spec pointing at this test's endpoint and client Secret `client`.

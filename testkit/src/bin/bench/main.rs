@@ -18,9 +18,6 @@
 //! `apiserver_request_total` (every client) are recorded as well; minus the writes this bench
 //! itself made (it counts them) they give a second figure for the operator's writes.
 
-#[path = "../tests/support/token_endpoint.rs"]
-mod token_endpoint;
-
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -31,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use dscc_testkit::token_endpoint::TokenEndpoint;
 use dscc_token_operator::api::DsccCredential;
 use dscc_token_operator::schedule::parse_duration;
 use futures::{StreamExt, TryStreamExt};
@@ -43,7 +41,6 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Config, ResourceExt};
 use serde_json::{Value, json};
-use token_endpoint::TokenEndpoint;
 
 const SET_LABEL: &str = "bench.dscc.io/set";
 const CREATE_NS: &str = "bench-create";
@@ -186,7 +183,7 @@ impl Drop for Guard {
 }
 
 fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    dscc_testkit::repo()
 }
 
 fn say(text: &str) {
@@ -1460,7 +1457,7 @@ impl Tracker {
         &self,
         namespace: &str,
         set: &str,
-        requests: &[token_endpoint::RecordedRequest],
+        requests: &[dscc_testkit::token_endpoint::RecordedRequest],
     ) -> Vec<f64> {
         let tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
         let mut lateness: Vec<f64> = requests

@@ -6,6 +6,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The operator binary: `DSCC_OPERATOR_BIN`, else `dscc-token-operator` in the target
+/// directory of the running test (cargo builds it for the integration tests).
+pub fn binary() -> PathBuf {
+    if let Ok(path) = std::env::var("DSCC_OPERATOR_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .map(|dir| dir.join("dscc-token-operator"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no dscc-token-operator binary near {}; build it (cargo build) or set DSCC_OPERATOR_BIN",
+                exe.display()
+            )
+        })
+}
+
 /// A running `dscc-token-operator run`.
 pub struct Operator {
     child: Option<Child>,
@@ -23,6 +43,10 @@ pub fn test_flags() -> Vec<String> {
         "--retry-initial-delay=1s",
         "--retry-max-delay=8s",
         "--permanent-retry-delay=1m",
+        // Test tokens live seconds; the production floor (30 s) would outlast them.
+        "--min-renewal-interval=2s",
+        // Restarts of a workload asked for together are batched over a short window.
+        "--rollout-restart-batch-window=300ms",
         "--log-format=json",
         "--log-level=info,dscc_token_operator=debug",
         // Several operators run side by side; each binds free loopback ports and logs them.
@@ -63,7 +87,7 @@ impl Operator {
             .append(true)
             .open(&self.log)
             .expect("open operator log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_dscc-token-operator"));
+        let mut command = Command::new(binary());
         command
             .arg("run")
             .args(&self.args)

@@ -3,7 +3,6 @@
 //!
 //! Self-contained (std, tokio, axum, futures, serde_json, base64, rand, httpdate) so it can be
 //! included with `#[path]` from examples and from several test binaries.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -28,6 +27,8 @@ use tokio::task::JoinHandle;
 
 /// The token path of GreenLake's classic endpoint.
 pub const TOKEN_PATH: &str = "/as/token.oauth2";
+/// RFC 8693's grant type.
+const EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 /// How a 429 tells the client when to come back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +73,11 @@ pub enum Fault {
     LowercaseBearer,
     /// Start a response and break the connection before it completes.
     ResetConnection,
+    /// Answer with this status, `Content-Type: application/json` and exactly this body (for
+    /// hostile answers: garbage in any field, a secret as the error code, ...).
+    Body(u16, String),
+    /// Answer 400 `invalid_grant` (a spent refresh token, a subject token refused).
+    InvalidGrant,
 }
 
 /// How the client authenticated.
@@ -118,6 +124,14 @@ pub struct RecordedRequest {
     pub content_type: Option<String>,
     /// The fault injected into the answer, if any.
     pub fault: Option<Fault>,
+    /// The workspace of a workspace-scoped (or MSP exchange) URL, if the request used one.
+    pub workspace: Option<String>,
+    /// For a token exchange: the subject token presented.
+    pub subject_token: Option<String>,
+    /// For a refresh grant: the refresh token presented.
+    pub refresh_token: Option<String>,
+    /// It arrived while the endpoint had announced a pause (a 429 with Retry-After).
+    pub during_pause: bool,
     /// The status answered; `None` while pending or when the endpoint hung up.
     pub status: Option<u16>,
     /// The access token issued, if any.
@@ -133,7 +147,13 @@ struct Controls {
     faults: VecDeque<Fault>,
     sticky: Option<Fault>,
     rate_limit: Option<u32>,
+    rate_limit_pause: Duration,
     window: (u64, u32),
+    paused_until: Option<Instant>,
+    pauses: Vec<(Instant, Duration)>,
+    refresh_tokens: bool,
+    valid_refresh: HashMap<String, String>,
+    accepted_subjects: HashMap<String, Instant>,
     log: Vec<RecordedRequest>,
     log_to_stderr: bool,
 }
@@ -191,7 +211,13 @@ impl TokenEndpoint {
                 faults: VecDeque::new(),
                 sticky: None,
                 rate_limit: None,
+                rate_limit_pause: Duration::from_secs(1),
                 window: (0, 0),
+                paused_until: None,
+                pauses: Vec::new(),
+                refresh_tokens: false,
+                valid_refresh: HashMap::new(),
+                accepted_subjects: HashMap::new(),
                 log: Vec::new(),
                 log_to_stderr: false,
             }),
@@ -202,7 +228,10 @@ impl TokenEndpoint {
         });
         let app = Router::new()
             .route(TOKEN_PATH, post(token))
-            .route("/authorization/v2/oauth2/{workspace}/token", post(token))
+            .route(
+                "/authorization/v2/oauth2/{workspace}/token",
+                post(workspace_token),
+            )
             .with_state(shared.clone());
         let graceful = {
             let shared = shared.clone();
@@ -291,7 +320,40 @@ impl TokenEndpoint {
 
     /// Answers 429 (`Retry-After: 1`) to requests beyond `per_second` in a second.
     pub fn set_rate_limit(&self, per_second: Option<u32>) {
-        self.shared.controls().rate_limit = per_second;
+        self.set_rate_limit_with_pause(per_second, Duration::from_secs(1));
+    }
+
+    /// Answers 429 with `Retry-After: <pause>` to requests beyond `per_second` in a second,
+    /// and to every request inside a pause it announced; records each pause.
+    pub fn set_rate_limit_with_pause(&self, per_second: Option<u32>, pause: Duration) {
+        let mut controls = self.shared.controls();
+        controls.rate_limit = per_second;
+        controls.rate_limit_pause = pause;
+    }
+
+    /// Every pause announced by the rate limit: when, and how long.
+    pub fn pauses(&self) -> Vec<(Instant, Duration)> {
+        self.shared.controls().pauses.clone()
+    }
+
+    /// Whether successful client-credentials answers carry a refresh token (default false).
+    /// Each refresh token works once: a refresh answer carries a new one.
+    pub fn set_refresh_tokens(&self, offer: bool) {
+        self.shared.controls().refresh_tokens = offer;
+    }
+
+    /// Makes every refresh token issued so far invalid (`invalid_grant` from now on).
+    pub fn invalidate_refresh_tokens(&self) {
+        self.shared.controls().valid_refresh.clear();
+    }
+
+    /// Accepts `token` as the subject of a token exchange (RFC 8693) until `valid_for` ends,
+    /// besides the tokens this endpoint issued itself.
+    pub fn accept_subject_token(&self, token: &str, valid_for: Duration) {
+        self.shared
+            .controls()
+            .accepted_subjects
+            .insert(token.to_owned(), Instant::now() + valid_for);
     }
 
     /// Logs each request (client id, auth method, outcome; never secrets) to stderr.
@@ -342,8 +404,26 @@ impl Drop for TokenEndpoint {
     }
 }
 
-/// The token handler: records the request, applies a fault, else authenticates and issues.
+async fn workspace_token(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(workspace): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(shared, Some(workspace), headers, body).await
+}
+
 async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(shared, None, headers, body).await
+}
+
+/// The token handler: records the request, applies a fault, else authenticates and issues.
+async fn handle(
+    shared: Arc<Shared>,
+    workspace: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let received_at = Instant::now();
     let form = parse_form(&body);
     let presented = Presented::from(&headers, &form);
@@ -355,8 +435,17 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
     };
     let (index, verdict) = {
         let mut controls = shared.controls();
-        let verdict = if over_rate_limit(&mut controls, shared.started, received_at) {
-            Verdict::RateLimitedBySetting
+        let during_pause = controls
+            .paused_until
+            .is_some_and(|until| received_at < until);
+        let verdict = if during_pause || over_rate_limit(&mut controls, shared.started, received_at)
+        {
+            if !during_pause {
+                let pause = controls.rate_limit_pause;
+                controls.paused_until = Some(received_at + pause);
+                controls.pauses.push((received_at, pause));
+            }
+            Verdict::RateLimitedBySetting(controls.rate_limit_pause)
         } else {
             match controls
                 .faults
@@ -381,13 +470,17 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
                 Verdict::Fault(fault) => Some(fault.clone()),
                 _ => None,
             },
+            workspace: workspace.clone(),
+            subject_token: form.get("subject_token").cloned(),
+            refresh_token: form.get("refresh_token").cloned(),
+            during_pause,
             status: None,
             token: None,
         });
         (controls.log.len() - 1, verdict)
     };
 
-    let (response, token) = answer(&shared, verdict, &presented, &form).await;
+    let (response, token) = answer(&shared, verdict, &presented, &form, workspace.as_deref()).await;
 
     let mut controls = shared.controls();
     let status = response.status().as_u16();
@@ -412,7 +505,7 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
 }
 
 enum Verdict {
-    RateLimitedBySetting,
+    RateLimitedBySetting(Duration),
     Fault(Fault),
     Normal,
 }
@@ -483,10 +576,14 @@ async fn answer(
     verdict: Verdict,
     presented: &Presented,
     form: &HashMap<String, String>,
+    workspace: Option<&str>,
 ) -> (Response, Option<String>) {
     let fault = match verdict {
-        Verdict::RateLimitedBySetting => {
-            return (rate_limited(&RetryAfter::Seconds(1)), None);
+        Verdict::RateLimitedBySetting(pause) => {
+            return (
+                rate_limited(&RetryAfter::Seconds(pause.as_secs().max(1))),
+                None,
+            );
         }
         Verdict::Fault(fault) => Some(fault),
         Verdict::Normal => None,
@@ -571,6 +668,20 @@ async fn answer(
                 None,
             );
         }
+        Some(Fault::Body(status, body)) => {
+            return (response(status, "application/json", Body::from(body)), None);
+        }
+        Some(Fault::InvalidGrant) => {
+            return (
+                oauth_error(
+                    400,
+                    "invalid_grant",
+                    "The grant is invalid or expired.",
+                    presented,
+                ),
+                None,
+            );
+        }
         Some(Fault::NoExpiresIn { jwt }) => {
             shape.include_expires_in = false;
             shape.opaque = !jwt;
@@ -590,17 +701,10 @@ async fn answer(
         }
     }
 
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return (
-            oauth_error(
-                400,
-                "unsupported_grant_type",
-                "Only the client_credentials grant type is supported.",
-                presented,
-            ),
-            None,
-        );
-    }
+    let grant = form
+        .get("grant_type")
+        .map(String::as_str)
+        .unwrap_or_default();
     let known = {
         let controls = shared.controls();
         match (&presented.client_id, &presented.client_secret) {
@@ -608,6 +712,79 @@ async fn answer(
             _ => false,
         }
     };
+    match grant {
+        "client_credentials" => {}
+        "refresh_token" => {
+            let holder = form
+                .get("refresh_token")
+                .and_then(|token| shared.controls().valid_refresh.remove(token));
+            if holder.is_none() || holder != presented.client_id || !known {
+                return (
+                    oauth_error(
+                        400,
+                        "invalid_grant",
+                        "Refresh token is invalid or expired.",
+                        presented,
+                    ),
+                    None,
+                );
+            }
+        }
+        EXCHANGE_GRANT => {
+            let subject = form.get("subject_token").cloned().unwrap_or_default();
+            let accepted = {
+                let controls = shared.controls();
+                let issued = controls
+                    .log
+                    .iter()
+                    .any(|r| r.token.as_deref() == Some(subject.as_str()));
+                let trusted = controls
+                    .accepted_subjects
+                    .get(&subject)
+                    .is_some_and(|until| Instant::now() < *until);
+                issued || trusted
+            };
+            let typed = form.get("subject_token_type").map(String::as_str)
+                == Some("urn:ietf:params:oauth:token-type:access_token");
+            // An exchange is authenticated by the client, if it presents credentials, or
+            // else by the subject token alone (GreenLake's MSP exchange).
+            let client_ok = presented.client_secret.is_none() || known;
+            if !accepted || !typed || !client_ok {
+                return (
+                    oauth_error(400, "invalid_grant", "Subject token is invalid.", presented),
+                    None,
+                );
+            }
+            let client_id = presented
+                .client_id
+                .clone()
+                .unwrap_or_else(|| "msp-exchange".into());
+            let token = shape.mint(&shared.issuer, &client_id, form.get("scope"), workspace);
+            let mut body = json!({
+                "access_token": token,
+                "token_type": shape.token_type,
+                "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            });
+            if shape.include_expires_in {
+                body["expires_in"] = json!(shape.lifetime_seconds());
+            }
+            return (
+                response(200, "application/json", Body::from(body.to_string())),
+                Some(token),
+            );
+        }
+        _ => {
+            return (
+                oauth_error(
+                    400,
+                    "unsupported_grant_type",
+                    "Only client_credentials, refresh_token and token exchange are supported.",
+                    presented,
+                ),
+                None,
+            );
+        }
+    }
     if !known {
         return (
             oauth_error(
@@ -620,10 +797,20 @@ async fn answer(
         );
     }
     let client_id = presented.client_id.as_deref().unwrap_or_default();
-    let token = shape.mint(&shared.issuer, client_id, form.get("scope"));
+    let token = shape.mint(&shared.issuer, client_id, form.get("scope"), workspace);
     let mut body = json!({"access_token": token, "token_type": shape.token_type});
     if shape.include_expires_in {
         body["expires_in"] = json!(shape.lifetime_seconds());
+    }
+    let offer_refresh = shared.controls().refresh_tokens;
+    if offer_refresh {
+        let refresh = format!("rt-{}", random_text(40));
+        shared
+            .controls()
+            .valid_refresh
+            .insert(refresh.clone(), client_id.to_owned());
+        body["refresh_token"] = json!(refresh);
+        body["refresh_expires_in"] = json!(1800);
     }
     (
         response(200, "application/json", Body::from(body.to_string())),
@@ -655,7 +842,13 @@ impl TokenShape {
 
     /// A fresh token: a JWT-shaped string (or an opaque one) with a random component, so
     /// every value is unique and can be searched for in logs.
-    fn mint(&self, issuer: &str, client_id: &str, scope: Option<&String>) -> String {
+    fn mint(
+        &self,
+        issuer: &str,
+        client_id: &str,
+        scope: Option<&String>,
+        workspace: Option<&str>,
+    ) -> String {
         if self.opaque {
             return format!("opaque-{}", random_text(40));
         }
@@ -673,6 +866,9 @@ impl TokenShape {
         });
         if let Some(scope) = scope {
             claims["scope"] = Value::from(scope.as_str());
+        }
+        if let Some(workspace) = workspace {
+            claims["workspace"] = Value::from(workspace);
         }
         let header =
             URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","kid":"fake-token-endpoint","typ":"JWT"}"#);

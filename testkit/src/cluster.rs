@@ -24,10 +24,7 @@ pub struct Cluster {
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 
-/// The repository root.
-pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+pub use crate::repo;
 
 /// The shared control plane, started on first use. Panics with instructions when it cannot
 /// be had: a missing prerequisite fails the tests, it never skips them.
@@ -47,8 +44,7 @@ fn start() -> Result<Cluster, String> {
         .ok()
         .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "e2e".into());
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{binary}-{}", std::process::id()));
+    let dir = crate::tmp_dir().join(format!("e2e-{binary}-{}", std::process::id()));
     let output = Command::new(&script)
         .arg("up")
         .arg(&dir)

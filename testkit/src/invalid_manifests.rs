@@ -163,9 +163,9 @@ pub fn cases() -> Vec<InvalidManifest> {
             "spec.clientSecretRef.name",
         ),
         case(
-            "missing clientSecretRef",
+            "neither clientSecretRef nor tokenExchange",
             without(&["clientSecretRef"]),
-            "spec.clientSecretRef",
+            "set clientSecretRef (the API client), or tokenExchange",
         ),
         case(
             "target name that is not a DNS subdomain",
@@ -230,6 +230,39 @@ pub fn cases() -> Vec<InvalidManifest> {
             "an empty target type",
             with(&["target", "type"], json!("")),
             "spec.target.type",
+        ),
+        case(
+            "a Secret type the operator cannot fill",
+            with(&["target", "type"], json!("kubernetes.io/tls")),
+            "target.type must be Opaque or a type of your own",
+        ),
+        case(
+            "a target label value that no label may have",
+            with(&["target", "labels"], json!({"team": "storage team!"})),
+            "spec.target.labels.team",
+        ),
+        case(
+            "a target label value longer than 63 characters",
+            with(&["target", "labels"], json!({"team": "s".repeat(64)})),
+            "spec.target.labels.team",
+        ),
+        case(
+            "a target label key that is not a qualified name",
+            with(&["target", "labels"], json!({"bad key": "x"})),
+            "target.labels keys must be qualified names",
+        ),
+        case(
+            "a target annotation key that is not a qualified name",
+            with(&["target", "annotations"], json!({"-leading-dash": "x"})),
+            "target.annotations keys must be qualified names",
+        ),
+        case(
+            "a token exchange audience with spaces",
+            with(
+                &["tokenExchange"],
+                json!({"subjectCredentialRef": {"name": "msp"}, "audience": "a b"}),
+            ),
+            "tokenExchange.audience",
         ),
     ]
 }
