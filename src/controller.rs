@@ -495,9 +495,17 @@ async fn run_steps(credential: Arc<DsccCredential>, ctx: &Context) -> Result<Act
         ?finish,
         target = reconcile.observed.target.kind(),
         client = reconcile.observed.client.kind(),
+        cached_version = ?reconcile.observed.credential.resource_version(),
+        written_status = ?memo.as_ref().and_then(|m| m.status_version.clone()),
+        written_target = ?memo.as_ref().and_then(|m| m.target.clone()),
         "reconcile finished"
     );
-    ctx.own_writes.put(&uid, reconcile.memo(memo.as_ref()));
+    // A reconcile that found the caches behind decided nothing: it only notes since when.
+    let remembered = match finish {
+        Finish::CacheLags => reconcile.memo_after_lag(memo.as_ref()),
+        _ => reconcile.memo(memo.as_ref()),
+    };
+    ctx.own_writes.put(&uid, remembered);
     publish_metrics(&reconcile, ctx);
     let resync =
         Duration::try_from(ctx.settings.policy.resync).unwrap_or(Duration::from_secs(1800));
@@ -622,6 +630,22 @@ async fn act(
                 }
             }
             Outcome::Read(read)
+        }
+        Step::ReadCredential => {
+            let api: Api<DsccCredential> = Api::namespaced(ctx.client.clone(), namespace);
+            let name = o.credential.name_any();
+            Outcome::Credential(
+                api.get_opt(&name)
+                    .await
+                    .map(|c| c.map(Box::new))
+                    .map_err(|e| {
+                        Failure::from_kube(
+                            &e,
+                            Reason::KubernetesApiUnavailable,
+                            &format!("reading DsccCredential {namespace}/{name}"),
+                        )
+                    }),
+            )
         }
         Step::ReadTarget => Outcome::Read(
             read_secret(&secrets, namespace, &o.spec.target_name, "target", ctx).await,

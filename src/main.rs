@@ -43,6 +43,9 @@ enum Command {
     Crd,
     /// Exchange a client id and secret for a token once and describe it.
     Token(TokenArgs),
+    /// `status` and `renew` (also `kubectl dscc status|renew`, installed as `kubectl-dscc`).
+    #[command(flatten)]
+    Credentials(dscc_token_operator::cli::Command),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -207,6 +210,10 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // Installed as `kubectl-dscc`, the binary is the kubectl plugin: `kubectl dscc status`.
+    if let Some(code) = dscc_token_operator::cli::plugin_main() {
+        return code;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -223,6 +230,7 @@ fn main() -> ExitCode {
             Command::Crd => print_crd(),
             Command::Run(args) => run(args).await,
             Command::Token(args) => token(args).await,
+            Command::Credentials(command) => command.run().await,
         }
     });
     match result {

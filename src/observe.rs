@@ -71,7 +71,9 @@ pub struct Observed {
     /// The failure bookkeeping: the later of the status's and the operator's own memory.
     pub failure: Option<FailureRecord>,
     /// Whether the caches still lag behind the operator's own last writes.
-    pub cache_lags: bool,
+    pub lag: Lag,
+    /// What the operator remembers of its own writes.
+    pub memo: Option<Memo>,
     /// The token group's latest token, once consulted.
     pub group: GroupState,
     /// The operator's settings.
@@ -452,6 +454,46 @@ impl Observed {
     }
 }
 
+/// Whether the caches lag behind the operator's own last writes, and since when.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lag {
+    /// The cached credential is older than the status the operator last wrote.
+    pub credential: bool,
+    /// The target Secret's facts are older than the operator's last write of it.
+    pub target: bool,
+    /// When a reconcile first found the caches behind (since then it has waited).
+    pub since: Option<Timestamp>,
+}
+
+impl Lag {
+    /// Whether any cache lags.
+    pub fn any(&self) -> bool {
+        self.credential || self.target
+    }
+}
+
+/// The observation with `live`, the credential as a GET found it, in place of the cached one.
+pub fn with_live_credential(observed: &mut Observed, live: DsccCredential) {
+    let live = Arc::new(live);
+    observed.spec = spec_facts(&live, &observed.policy);
+    let status_failure = failure_from_status(live.status.as_ref());
+    observed.failure = supersede(status_failure, observed.memo.as_ref());
+    observed.credential = live;
+    observed.lag.credential = false;
+}
+
+/// The failure to act on: the operator's own last decision supersedes any failure recorded
+/// in the status before it.
+fn supersede(status_failure: Option<FailureRecord>, memo: Option<&Memo>) -> Option<FailureRecord> {
+    match memo.and_then(|m| m.decided_at.map(|at| (at, m.failure.clone()))) {
+        Some((decided_at, remembered)) => match status_failure {
+            Some(recorded) if recorded.last_failure > decided_at => Some(recorded),
+            _ => remembered,
+        },
+        None => status_failure,
+    }
+}
+
 /// Identifies the credentials whose token request would be identical.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupKey(pub String);
@@ -471,8 +513,13 @@ pub struct Memo {
     /// The name and resourceVersion of its last target Secret write.
     pub target: Option<(String, String)>,
     /// The last failure it recorded, whether or not the status write that carried it
-    /// succeeded.
+    /// succeeded (`None`: its last decision found no failure).
     pub failure: Option<FailureRecord>,
+    /// When it last decided: a failure recorded in the status before then is superseded by
+    /// `failure`, whatever the cache still shows.
+    pub decided_at: Option<Timestamp>,
+    /// When a reconcile first found the caches behind its writes (reset once they caught up).
+    pub lag_since: Option<Timestamp>,
 }
 
 impl Memo {
@@ -531,13 +578,16 @@ pub fn observe(inputs: Inputs<'_>) -> Observed {
         )
     });
     let status_failure = failure_from_status(credential.status.as_ref());
-    let failure = later_failure(status_failure, memo.and_then(|m| m.failure.clone()));
+    let failure = supersede(status_failure, memo);
     let written_target = memo.and_then(|m| m.target_written(&spec.target_name));
-    let cache_lags = memo.is_some_and(|memo| {
+    let credential_lags = memo.is_some_and(|memo| {
         lags(
             credential.resource_version().as_deref(),
             memo.status_version.as_deref(),
-        ) || match (inputs.target.as_ref(), written_target) {
+        )
+    });
+    let target_lags = memo.is_some() && {
+        match (inputs.target.as_ref(), written_target) {
             (Some(Known::Present(facts)), Some(written)) => {
                 lags(Some(&facts.resource_version), Some(written))
             }
@@ -549,7 +599,14 @@ pub fn observe(inputs: Inputs<'_>) -> Observed {
             }
             _ => false,
         }
-    });
+    };
+    let lag = Lag {
+        credential: credential_lags,
+        target: target_lags,
+        since: memo
+            .and_then(|m| m.lag_since)
+            .filter(|_| credential_lags || target_lags),
+    };
     Observed {
         now: inputs.now,
         credential,
@@ -559,7 +616,8 @@ pub fn observe(inputs: Inputs<'_>) -> Observed {
         refresh,
         subject,
         failure,
-        cache_lags,
+        lag,
+        memo: memo.cloned(),
         group: GroupState::NotConsulted,
         policy: inputs.policy.clone(),
     }
@@ -949,18 +1007,6 @@ pub fn failure_from_status(status: Option<&DsccCredentialStatus>) -> Option<Fail
     })
 }
 
-/// The later of two failure records (by the time of the failure).
-fn later_failure(a: Option<FailureRecord>, b: Option<FailureRecord>) -> Option<FailureRecord> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(if b.last_failure >= a.last_failure {
-            b
-        } else {
-            a
-        }),
-        (a, b) => a.or(b),
-    }
-}
-
 /// A one-way hash of a token, to tell two tokens apart without keeping them.
 pub fn token_hash(token: &str) -> String {
     format!(
@@ -1119,7 +1165,7 @@ mod tests {
             memo: Some(&memo),
             policy: &Policy::default(),
         });
-        assert!(observed.cache_lags);
+        assert!(observed.lag.credential && !observed.lag.target);
     }
 
     #[test]

@@ -39,6 +39,8 @@ use crate::target_secret::{self, NewToken, TokenRecord};
 use crate::token::{Grant, GrantKind};
 use crate::verify::Verification;
 
+/// How long a reconcile waits for a lagging watch before it reads the object itself.
+const LAG_PATIENCE: SignedDuration = SignedDuration::from_secs(2);
 /// More steps than any reconcile needs: a bug, stopped rather than looped.
 const MAX_STEPS: u32 = 64;
 /// Bookkeeping that claims a token issued further in the future than this is an edit.
@@ -338,16 +340,26 @@ impl Reconcile {
         self.progress.status.as_ref().or(self.observed.status())
     }
 
+    /// What the operator should remember after a reconcile that found the caches behind: only
+    /// since when they lag (it decided nothing else).
+    pub fn memo_after_lag(&self, before: Option<&Memo>) -> Memo {
+        let mut memo = before.cloned().unwrap_or_default();
+        memo.lag_since.get_or_insert(self.observed.now);
+        memo
+    }
+
     /// What the operator should remember of this reconcile's writes (see `own_writes`).
     pub fn memo(&self, before: Option<&Memo>) -> Memo {
         let mut memo = before.cloned().unwrap_or_default();
+        memo.lag_since = None;
         if let Some(version) = &self.progress.status_version {
             memo.status_version = Some(version.clone());
         }
         if let Some(version) = &self.progress.target_version {
             memo.target = Some((self.observed.spec.target_name.clone(), version.clone()));
         }
-        memo.failure = self.observed.failure.clone();
+        memo.failure = self.kept_failure().cloned();
+        memo.decided_at = Some(self.observed.now);
         memo
     }
 
@@ -364,8 +376,20 @@ impl Reconcile {
                 "the reconcile took more steps than any should; stopped (a bug: please report it)",
             )));
         }
-        if o.cache_lags {
-            return Step::Done(Finish::CacheLags);
+        // The caches lag behind this operator's own writes: the watch event is on its way, so
+        // wait for it; when it takes longer than LAG_PATIENCE, read the lagging object live.
+        if o.lag.any() {
+            let patient = o
+                .lag
+                .since
+                .is_none_or(|since| o.now.duration_since(since) < LAG_PATIENCE);
+            return if patient {
+                Step::Done(Finish::CacheLags)
+            } else if o.lag.credential {
+                Step::ReadCredential
+            } else {
+                Step::ReadTarget
+            };
         }
         if o.spec.deleting {
             // The target Secret is garbage-collected through its owner reference.
@@ -734,6 +758,16 @@ impl Reconcile {
         (situation, token)
     }
 
+    /// The failure bookkeeping to keep: none once the credential is Ready with a good token
+    /// (a failure recorded before is over), else the observed one.
+    fn kept_failure(&self) -> Option<&FailureRecord> {
+        let (situation, _) = self.situation();
+        self.observed
+            .failure
+            .as_ref()
+            .filter(|_| !matches!(situation, Situation::Ready))
+    }
+
     fn next_status(
         &self,
         situation: &Situation,
@@ -759,7 +793,7 @@ impl Reconcile {
             generation: o.spec.generation,
             secret_name: &o.spec.target_name,
             record,
-            failure: o.failure.as_ref(),
+            failure: self.kept_failure(),
             situation,
             token,
             now: o.now,
@@ -805,8 +839,19 @@ impl Reconcile {
                     self.observed.client = observe::client_from_secret(secret.as_ref(), reference);
                 }
             }
+            (Step::ReadCredential, Outcome::Credential(Ok(Some(live)))) => {
+                observe::with_live_credential(&mut self.observed, *live);
+            }
+            (Step::ReadCredential, Outcome::Credential(Ok(None))) => {
+                // Deleted meanwhile: its Secrets are garbage-collected.
+                self.progress.finish = Some(Finish::At(None));
+            }
+            (Step::ReadCredential, Outcome::Credential(Err(failure))) => {
+                self.progress.finish = Some(Finish::ApiError(failure));
+            }
             (Step::ReadTarget, Outcome::Read(Ok(secret))) => {
                 self.progress.target_read += 1;
+                self.observed.lag.target = false;
                 self.observed.target =
                     observe::target_from_secret(secret.as_ref(), &self.observed.credential);
             }

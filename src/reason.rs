@@ -109,9 +109,7 @@ impl Reason {
     pub fn action(self) -> &'static str {
         match self {
             Reason::VerifyFailed | Reason::VerifyUnavailable => "verifying the new token",
-            Reason::TargetSecretRejected | Reason::KubernetesApiUnavailable => {
-                "storing the token"
-            }
+            Reason::TargetSecretRejected | Reason::KubernetesApiUnavailable => "storing the token",
             Reason::RolloutRestartFailed | Reason::RolloutRestartTargetNotFound => {
                 "the rollout restart"
             }

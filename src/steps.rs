@@ -20,6 +20,8 @@ use crate::verify::Verification;
 /// One thing the reconcile does next.
 #[derive(Debug)]
 pub enum Step {
+    /// GET the credential itself (its cache lags too long behind the operator's writes).
+    ReadCredential,
     /// GET the client Secret.
     ReadClientSecret,
     /// GET the target Secret.
@@ -75,6 +77,8 @@ pub enum Step {
 pub enum Outcome {
     /// A GET: the object, `None` when it does not exist, or the failure.
     Read(Result<Option<Secret>, Failure>),
+    /// The GET of the credential.
+    Credential(Result<Option<Box<crate::api::DsccCredential>>, Failure>),
     /// The group's latest token.
     Group(Option<GroupToken>),
     /// How obtaining a token went.

@@ -209,6 +209,7 @@ fn run(
 
 fn name(step: &Step) -> String {
     match step {
+        Step::ReadCredential => "ReadCredential".into(),
         Step::ReadClientSecret => "ReadClientSecret".into(),
         Step::ReadTarget => "ReadTarget".into(),
         Step::ReadRefreshSecret => "ReadRefreshSecret".into(),
@@ -246,6 +247,9 @@ fn name(step: &Step) -> String {
 fn healthy(token: IssuedToken) -> impl FnMut(&Step, &Observed) -> Outcome {
     let token = minted(token, "ClientCredentials");
     move |step, o| match step {
+        Step::ReadCredential => {
+            Outcome::Credential(Ok(Some(Box::new(o.credential.as_ref().clone()))))
+        }
         Step::ReadClientSecret => Outcome::Read(Ok(Some(client_secret("id", CLIENT_SECRET)))),
         Step::ReadTarget
         | Step::ReadRefreshSecret
@@ -1292,4 +1296,61 @@ fn neither_the_observation_nor_any_step_shows_a_secret() {
         assert!(!text.contains(CLIENT_SECRET), "client secret in {text}");
         assert!(!text.contains("sig-token-value"), "token in {text}");
     }
+}
+
+#[test]
+fn a_lagging_cache_is_waited_for_then_read_live() {
+    let world = World {
+        memo: Some(Memo {
+            status_version: Some("11".into()),
+            lag_since: Some(at(0)),
+            ..Memo::default()
+        }),
+        now: 1,
+        ..World::new(serde_json::json!({}))
+    };
+    let (steps, finish, _) = run(world.observed(), healthy(issued("t", 1, 60)));
+    assert!(steps.is_empty() && finish == Finish::CacheLags, "{steps:?}");
+    let later = World { now: 3, ..world };
+    let mut live = later.credential.clone();
+    live.metadata.resource_version = Some("12".into());
+    let (steps, _, _) = run(
+        later.observed(),
+        world_with(issued("t", 3, 60), move |step| match step {
+            Step::ReadCredential => Some(Outcome::Credential(Ok(Some(Box::new(live.clone()))))),
+            _ => None,
+        }),
+    );
+    assert_eq!(
+        steps.first().map(String::as_str),
+        Some("ReadCredential"),
+        "{steps:?}"
+    );
+    assert!(
+        steps.iter().any(|s| s.starts_with("ObtainToken")),
+        "then it decides: {steps:?}"
+    );
+}
+
+#[test]
+fn the_operators_last_decision_supersedes_an_older_failure_in_a_stale_status() {
+    let token = issued("t1", 0, 7200);
+    let mut world = World::new(serde_json::json!({})).with_token(&token);
+    world.now = 100;
+    // The cached status still shows a failure from before the operator's last success.
+    let stale = DsccCredentialStatus {
+        failed_attempts: 2,
+        last_failure_time: Some(Time(at(50))),
+        last_failure_reason: Some("TokenEndpointUnavailable".into()),
+        next_retry_time: Some(Time(at(200))),
+        ..world.credential.status.clone().unwrap()
+    };
+    world.credential.status = Some(stale);
+    world.memo.as_mut().unwrap().decided_at = Some(at(60));
+    let (_, _, reconcile) = run(world.observed(), healthy(token.clone()));
+    let status = written_status(&reconcile);
+    assert_eq!(
+        status.failed_attempts, 0,
+        "the old failure is not written back"
+    );
 }
