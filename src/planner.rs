@@ -854,6 +854,16 @@ impl Reconcile {
                 self.observed.lag.target = false;
                 self.observed.target =
                     observe::target_from_secret(secret.as_ref(), &self.observed.credential);
+                // Read and found intact: remembered like a write, so it is not read again
+                // while it stays at this version.
+                if let TargetState::Owned(OwnedTarget {
+                    record: Some(_),
+                    resource_version,
+                    ..
+                }) = &self.observed.target
+                {
+                    self.progress.target_version = Some(resource_version.clone());
+                }
             }
             (Step::ReadRefreshSecret, Outcome::Read(Ok(secret))) => {
                 self.observed.refresh =
@@ -1234,7 +1244,9 @@ pub fn after_failure(o: &Observed, failure: &Failure) -> FailureRecord {
     };
     FailureRecord {
         attempts,
-        last_failure: o.now,
+        // Whole seconds, as the status stores it: a fraction would make every later status
+        // differ from the stored one and be written again.
+        last_failure: Timestamp::from_second(o.now.as_second()).unwrap_or(o.now),
         next_retry: ceil(next_retry),
         not_before: not_before.map(ceil),
         inputs: o.attempt_inputs(),

@@ -77,7 +77,9 @@ reasons! {
     /// The DSCC API rejected the new token (HTTP 401).
     VerifyFailed => Slow,
     /// The API server refused to store the target Secret (quota, admission, validation).
-    TargetSecretRejected => Slow,
+    /// Retried with backoff: the fix (a quota, an admission policy) is outside what the
+    /// operator watches, and a retry writes the token already held instead of requesting one.
+    TargetSecretRejected => Backoff,
     /// A workload of spec.rolloutRestartTargets does not exist.
     RolloutRestartTargetNotFound => Slow,
     /// A workload of spec.rolloutRestartTargets could not be restarted (retried with backoff:
@@ -193,7 +195,7 @@ mod tests {
             (InvalidClientCredentials, Retry::Slow),
             (VerifyFailed, Retry::Slow),
             (VerifyUnavailable, Retry::Backoff),
-            (TargetSecretRejected, Retry::Slow),
+            (TargetSecretRejected, Retry::Backoff),
             (KubernetesApiUnavailable, Retry::Backoff),
             (TokenEndpointUnavailable, Retry::Backoff),
             (RateLimited, Retry::Backoff),
