@@ -226,6 +226,10 @@ fn issue_reason(o: &Observed) -> Option<IssueReason> {
     };
     let subject_hash = o.subject.as_ref().and_then(|s| s.hash());
     let future = o.now.checked_add(MAX_CLOCK_SKEW).unwrap_or(Timestamp::MAX);
+    let floor = record
+        .issued_at
+        .checked_add(o.policy.min_renewal_interval)
+        .unwrap_or(record.issued_at);
     if record.issued_at > future {
         Some(IssueReason::TargetEdited)
     } else if record.spec_hash != o.spec.spec_hash {
@@ -238,6 +242,10 @@ fn issue_reason(o: &Observed) -> Option<IssueReason> {
         && o.spec.refresh_requested_at != record.refresh_requested_at
     {
         Some(IssueReason::RefreshRequested)
+    } else if o.now < floor {
+        // No renewal sooner than the floor after issue, expired or not: an endpoint that
+        // issues tokens of a few seconds cannot make the operator ask in a loop.
+        None
     } else if o.now >= record.expires_at {
         Some(IssueReason::Expired)
     } else if o.now >= o.renewal_of(record.issued_at, record.expires_at) {
@@ -816,6 +824,10 @@ impl Reconcile {
             if matches!(situation, Situation::Ready) {
                 at.push(renewal);
             }
+        }
+        // An expired token (one that lived less than the renewal floor) is renewed at the floor.
+        if let (TokenHealth::Expired { .. }, Some(record)) = (token, o.record()) {
+            at.push(o.renewal_of(record.issued_at, record.expires_at));
         }
         if let Situation::Failing { next_retry, .. } = situation {
             at.push(*next_retry);

@@ -162,8 +162,8 @@ async fn patch(
             Reason::RolloutRestartFailed,
             format!(
                 "the operator may not patch {kind:?} {namespace}/{name} ({}): enable rollout \
-                 restarts in the Helm chart (rolloutRestart.enabled=true) or grant get and \
-                 patch on it",
+                 restarts in the Helm chart (rolloutRestart.enabled=true) or grant patch on \
+                 it",
                 status.message
             ),
         )),

@@ -1376,3 +1376,23 @@ fn the_operators_last_decision_supersedes_an_older_failure_in_a_stale_status() {
         "the old failure is not written back"
     );
 }
+
+#[test]
+fn a_token_shorter_than_the_floor_is_renewed_at_the_floor_not_at_its_expiry() {
+    let token = issued("t1", 0, 2);
+    let mut world = World::new(serde_json::json!({})).with_token(&token);
+    world.policy.min_renewal_interval = SignedDuration::from_secs(10);
+    world.now = 3; // expired, but the floor is at +10 s
+    let (steps, finish, _) = run(world.observed(), healthy(issued("t2", 3, 2)));
+    assert!(
+        !steps.iter().any(|s| s.starts_with("ObtainToken")),
+        "{steps:?}"
+    );
+    assert_eq!(finish_at(&finish), at(10), "it looks again at the floor");
+    world.now = 10;
+    let (steps, _, _) = run(world.observed(), healthy(issued("t2", 10, 2)));
+    assert!(
+        steps.iter().any(|s| s.starts_with("ObtainToken")),
+        "{steps:?}"
+    );
+}

@@ -5,8 +5,10 @@
 # `promtool test rules alerts_test.yaml`. It also checks that every query of the Grafana
 # dashboard (files/dashboard.json) parses.
 #
-#   test-rules.sh              check and test the rules
-#   test-rules.sh --render F   only write the rendered rules file F
+#   test-rules.sh                        check and test the rules
+#   test-rules.sh --render F [ARGS...]   only write the rendered rules file F; ARGS go to
+#                                        helm template (e.g. --set
+#                                        prometheusRule.alerts.credentialNotReady.for=5s)
 #
 # Environment: HELM (a helm binary; default: the one testenv/build.sh builds), PROMTOOL
 # (default: promtool on PATH). The tests assume the release name and namespace below.
@@ -33,13 +35,15 @@ helm_bin() {
 	echo "$("$repo/testenv/build.sh" print-bin-dir helm)/helm"
 }
 
-# Writes the rule groups of the rendered PrometheusRule (its spec) to $1.
+# Writes the rule groups of the rendered PrometheusRule (its spec) to $1; more arguments go to
+# helm template.
 render() {
 	local out=$1 helm manifest
+	shift
 	helm=$(helm_bin)
 	manifest=$(HELM_CACHE_HOME=$work/helm/cache HELM_CONFIG_HOME=$work/helm/config \
 		HELM_DATA_HOME=$work/helm/data "$helm" template "$release" "$chart" --namespace "$namespace" \
-		--set prometheusRule.enabled=true --show-only templates/prometheusrule.yaml) ||
+		--set prometheusRule.enabled=true "$@" --show-only templates/prometheusrule.yaml) ||
 		die "helm template failed"
 	# The spec is the last top-level key of the PrometheusRule; its lines, one level up, are a
 	# rules file.
@@ -49,8 +53,9 @@ render() {
 }
 
 if [[ ${1:-} == --render ]]; then
-	[[ -n ${2:-} ]] || die "usage: test-rules.sh --render FILE"
-	render "$2"
+	[[ -n ${2:-} ]] || die "usage: test-rules.sh --render FILE [HELM-TEMPLATE-ARGS...]"
+	shift
+	render "$@"
 	exit 0
 fi
 [[ $# -eq 0 ]] || die "usage: test-rules.sh [--render FILE]"

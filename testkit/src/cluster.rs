@@ -138,3 +138,140 @@ impl Cluster {
         assert!(status.success(), "cluster.sh {verb} failed");
     }
 }
+
+/// A second kube-apiserver of the local control plane: the same etcd (so the same objects),
+/// certificates, static tokens and ServiceAccount keys as the first, on a port of its own and
+/// with extra flags, e.g. an admission plugin the first one does not run. Stopped (SIGTERM,
+/// then SIGKILL) when dropped, and killed when the thread that started it ends
+/// (PR_SET_PDEATHSIG): start it from a thread that outlives it, such as the test's own, not
+/// from `tokio::task::spawn_blocking`, whose threads end when idle.
+pub struct ExtraApiServer {
+    child: Option<std::process::Child>,
+    /// An admin kubeconfig for it.
+    pub kubeconfig: PathBuf,
+    /// Its log.
+    pub log: PathBuf,
+}
+
+impl Cluster {
+    /// Starts an [`ExtraApiServer`] named `name` with the first one's flags plus `extra`, and
+    /// waits (up to 90 s) until it is ready. Needs the local control plane.
+    pub fn extra_apiserver(&self, name: &str, extra: &[&str]) -> ExtraApiServer {
+        let dir = self.dir.as_ref().expect(
+            "a second kube-apiserver needs the local control plane (not E2E_USE_EXISTING_CLUSTER)",
+        );
+        // cluster.sh records the command line quoted for bash (printf %q): let bash split it.
+        let cmdline = dir.join("kube-apiserver.cmdline");
+        let output = Command::new("bash")
+            .args([
+                "-c",
+                r#"eval "cmd=($(<"$1"))" && printf '%s\0' "${cmd[@]}""#,
+                "split",
+            ])
+            .arg(&cmdline)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bash");
+        assert!(
+            output.status.success() && !output.stdout.is_empty(),
+            "cannot read {}: {}",
+            cmdline.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut args: Vec<String> = String::from_utf8(output.stdout)
+            .expect("a UTF-8 command line")
+            .split('\0')
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let at = args
+            .iter()
+            .position(|a| a == "--secure-port")
+            .expect("the recorded kube-apiserver command line has --secure-port");
+        args[at + 1] = port.to_string();
+        args.extend(extra.iter().map(|a| a.to_string()));
+
+        let log = dir.join("logs").join(format!("kube-apiserver-{name}.log"));
+        let log_file = std::fs::File::create(&log).expect("create the apiserver log");
+        let mut command = Command::new(&args[0]);
+        command
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone the log handle"))
+            .stderr(log_file);
+        #[cfg(target_os = "linux")]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("start the second kube-apiserver");
+
+        let admin = std::fs::read_to_string(&self.kubeconfig).expect("read the kubeconfig");
+        let first = read_env(&dir.join("ports"))
+            .get("APISERVER_URL")
+            .cloned()
+            .expect("APISERVER_URL in the ports file");
+        assert!(admin.contains(&first), "the kubeconfig names {first}");
+        let kubeconfig = dir.join(format!("kubeconfig-{name}"));
+        std::fs::write(
+            &kubeconfig,
+            admin.replace(&first, &format!("https://127.0.0.1:{port}")),
+        )
+        .expect("write the second kubeconfig");
+        let mut server = ExtraApiServer {
+            child: Some(child),
+            kubeconfig,
+            log,
+        };
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let ready = Command::new(&self.kubectl)
+                .env("KUBECONFIG", &server.kubeconfig)
+                .args(["get", "--raw", "/readyz", "--request-timeout=2s"])
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ready {
+                return server;
+            }
+            let exited = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && std::time::Instant::now() < deadline,
+                "the second kube-apiserver did not get ready ({}); see {}",
+                exited.map_or("timed out".to_owned(), |s| s.to_string()),
+                server.log.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for ExtraApiServer {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..50 {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -118,43 +118,45 @@ Where the extra CA bundle is mounted, and the file the operator reads.
 Rules of the operator's role in the namespaces it works in. The same rules serve as the
 ClusterRole (cluster-wide mode) or as a Role in each watched namespace (namespaced mode).
 They are exactly the API calls the operator makes (see the chart README's RBAC table):
-- dscccredentials: list and watch (the informer; no get, no update: the spec is never written);
+- dscccredentials: list and watch (the informer), and get: a credential is read live when the
+  watch lags more than 2 s behind the operator's own status write. No update: the spec is never
+  written;
 - dscccredentials/status: patch (server-side apply of the status);
-- dscccredentials/finalizers: update. Clusters with the OwnerReferencesPermissionEnforcement
-  admission plugin demand it to set blockOwnerDeletion in the owner reference of the Secrets
-  the operator creates;
-- secrets: a metadata-only list/watch, GETs of the few Secrets it needs, and create, patch,
-  delete of the target Secrets and the operator-only "<name>-refresh" Secret (delete: the old
-  target after a rename, and a target whose immutable type changed). No update;
+- no dscccredentials/finalizers: the owner reference of the Secrets it creates does not set
+  blockOwnerDeletion, so even the OwnerReferencesPermissionEnforcement admission plugin
+  (OpenShift) asks for no right on the owner;
+- secrets: a metadata-only list/watch, GETs of the few Secrets it needs, and create, update,
+  delete of the target Secrets and the operator-only "<name>-refresh" Secret. create is a POST
+  (it fails if the Secret exists), update a PUT at the resourceVersion the operator read, so
+  that no one else's Secret is ever taken over; delete: the old target after a rename, and a
+  target whose immutable type changed. No patch;
 - events.k8s.io events: create and patch (no core "" Events).
 The workloads restarted after a new token are in "dscc-token-operator.rolloutRestartRules".
 */}}
 {{- define "dscc-token-operator.rules" -}}
 - apiGroups: ["dscc.io"]
   resources: ["dscccredentials"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["dscc.io"]
   resources: ["dscccredentials/status"]
   verbs: ["patch"]
-- apiGroups: ["dscc.io"]
-  resources: ["dscccredentials/finalizers"]
-  verbs: ["update"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
 
 {{/*
-Rules for spec.rolloutRestartTargets: read the workload and patch its Pod template annotation
-dscc.io/restartedAt. Granted only with rolloutRestart.enabled.
+Rules for spec.rolloutRestartTargets: a merge patch of the workload's Pod template annotation
+dscc.io/restartedAt (a missing workload answers 404 to it). The operator never reads, lists or
+updates workloads. Granted only with rolloutRestart.enabled.
 */}}
 {{- define "dscc-token-operator.rolloutRestartRules" -}}
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 {{- end }}
 
 {{/*
