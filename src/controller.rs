@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
@@ -207,6 +207,55 @@ pub async fn run(
     tokio::select! {
         _ = futures::future::join_all(controllers) => {}
         () = prune => {}
+        () = watch_clock(&ctx) => {}
+    }
+}
+
+/// How often the wall clock is compared with the monotonic one.
+const CLOCK_CHECK: Duration = Duration::from_secs(5);
+
+/// A difference between the two clocks over one check that counts as a step.
+const CLOCK_STEP: SignedDuration = SignedDuration::from_secs(2);
+
+/// How far the wall clock stepped while `monotonic` passed, if it stepped at all.
+pub fn clock_step(wall: SignedDuration, monotonic: Duration) -> Option<SignedDuration> {
+    let monotonic = SignedDuration::try_from(monotonic).unwrap_or(SignedDuration::MAX);
+    let step = wall.checked_sub(monotonic)?;
+    (step.abs() >= CLOCK_STEP).then_some(step)
+}
+
+/// Renewals wait on the monotonic clock, but are planned from the wall clock (expiry times
+/// are wall-clock times). When the wall clock steps (a corrected host clock, a resumed VM),
+/// the waits no longer match the plan: a step forward of an hour would leave tokens that
+/// are now due waiting an hour more. Every credential is planned again after a step.
+async fn watch_clock(ctx: &Context) {
+    let mut ticks = tokio::time::interval(CLOCK_CHECK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    let mut wall = ctx.clock.now();
+    let mut monotonic = tokio::time::Instant::now();
+    loop {
+        ticks.tick().await;
+        let (wall_now, monotonic_now) = (ctx.clock.now(), tokio::time::Instant::now());
+        let stepped = clock_step(
+            wall_now.duration_since(wall),
+            monotonic_now.duration_since(monotonic),
+        );
+        (wall, monotonic) = (wall_now, monotonic_now);
+        let Some(step) = stepped else { continue };
+        let credentials: Vec<ObjectRef<DsccCredential>> = lock(&ctx.stores)
+            .iter()
+            .flat_map(|store| store.state())
+            .map(|credential| ObjectRef::from_obj(&*credential))
+            .collect();
+        warn!(
+            step_seconds = step.as_secs(),
+            credentials = credentials.len(),
+            "the wall clock stepped; planning every credential again"
+        );
+        for credential in credentials {
+            ctx.trigger(credential);
+        }
     }
 }
 
@@ -870,5 +919,61 @@ async fn write_secret(
             info!("replaced Secret {name}: its type changed");
             create(&write.secret).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wall_clock_that_keeps_pace_has_not_stepped() {
+        let five = Duration::from_secs(5);
+        assert_eq!(clock_step(SignedDuration::from_secs(5), five), None);
+        // Scheduling jitter and NTP slewing stay well under the threshold.
+        assert_eq!(clock_step(SignedDuration::from_millis(6_500), five), None);
+        assert_eq!(clock_step(SignedDuration::from_millis(3_500), five), None);
+    }
+
+    #[test]
+    fn a_wall_clock_that_jumps_has_stepped_by_the_difference() {
+        let five = Duration::from_secs(5);
+        assert_eq!(
+            clock_step(SignedDuration::from_secs(3_605), five),
+            Some(SignedDuration::from_hours(1))
+        );
+        assert_eq!(
+            clock_step(SignedDuration::from_secs(-55), five),
+            Some(SignedDuration::from_secs(-60))
+        );
+        // Out of range on either side is no panic.
+        assert_eq!(clock_step(SignedDuration::MIN, Duration::MAX), None);
+    }
+
+    #[test]
+    fn the_cached_credential_keeps_neither_managed_fields_nor_last_applied() {
+        let mut credential: DsccCredential = serde_json::from_value(json!({
+            "apiVersion": "dscc.io/v1alpha1",
+            "kind": "DsccCredential",
+            "metadata": {
+                "name": "reports",
+                "namespace": "storage",
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}",
+                    "dscc.io/refresh-requested-at": "2026-12-01T10:00:00Z",
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {"clientSecretRef": {"name": "reports-client"}},
+        }))
+        .expect("a credential");
+        strip(&mut credential);
+        assert!(credential.managed_fields().is_empty());
+        assert_eq!(
+            credential.annotations().keys().collect::<Vec<_>>(),
+            ["dscc.io/refresh-requested-at"],
+            "only what the operator reads stays"
+        );
+        assert_eq!(credential.name_any(), "reports");
     }
 }

@@ -195,7 +195,7 @@ impl Minter {
             Err(error) => error.reason().as_str(),
         };
         self.metrics
-            .token_request(&endpoint.host, outcome, started.elapsed());
+            .token_request(&endpoint.host_name, outcome, started.elapsed());
         match result {
             Ok(token) => {
                 self.gate.record(&endpoint.gate_key, HostAnswer::Normal);

@@ -89,9 +89,17 @@ async fn a_credential_becomes_ready_and_renews_short_lived_tokens() {
     env.wait_ready("reports").await;
 
     let watch = env.watch_token("reports-token", Duration::from_millis(100));
-    wait_until("two renewals", Duration::from_secs(45), || async {
-        (env.endpoint.issued_tokens().len() >= 3).then_some(())
-    })
+    // Two renewals, the second one written: the endpoint issues a token before the Secret
+    // holds it.
+    wait_until(
+        "two renewals in the Secret",
+        Duration::from_secs(45),
+        || async {
+            let issued = env.endpoint.issued_tokens();
+            let held = env.secret_value("reports-token", "access_token").await?;
+            (issued.len() >= 3 && issued[2..].contains(&held)).then_some(())
+        },
+    )
     .await;
     let readings = watch.stop().await;
 

@@ -1430,3 +1430,463 @@ async fn a_hundred_credentials_with_10_second_tokens_never_expire_in_a_soak() {
     operator.stop();
     bystanders.assert_untouched(&env).await;
 }
+
+// ---- leadership, namespaces, the host's clock and a blackholed host --------------------------
+
+/// Leader-election flags for a replica whose Lease lives in the test namespace.
+fn election_flags(env: &TestEnv, lease_duration: &str) -> Vec<String> {
+    vec![
+        "--leader-election".to_owned(),
+        format!("--leader-election-namespace={}", env.namespace),
+        format!("--leader-election-lease-duration={lease_duration}"),
+    ]
+}
+
+fn start_replica(env: &TestEnv, flags: &[String]) -> Operator {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    env.start_operator(&flags)
+}
+
+async fn wait_for_log(operator: &Operator, what: &str, words: &str) {
+    wait_until(what, READY_TIMEOUT, || async {
+        operator.logs().contains(words).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the endpoint has received `count` requests, the last one still unanswered.
+async fn wait_for_request_in_flight(endpoint: &TokenEndpoint, count: usize) {
+    wait_until(
+        "the renewal request to reach the endpoint",
+        READY_TIMEOUT,
+        || async {
+            let requests = endpoint.requests();
+            (requests.len() == count && requests[count - 1].status.is_none()).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_mid_issue_leaves_the_token_and_the_standby_asks_once() {
+    let _shared = CONTROL_PLANE.read().await;
+    let env = TestEnv::new("leader-killed").await;
+    env.put_client_secret(CLIENT).await;
+    let flags = election_flags(&env, "4s");
+    let mut leader = start_replica(&env, &flags);
+    wait_for_log(&leader, "the first replica to lead", "became leader").await;
+    let standby = start_replica(&env, &flags);
+    wait_for_log(
+        &standby,
+        "the second replica to wait",
+        "waiting for leadership",
+    )
+    .await;
+    env.create_credential("reports", env.spec(CLIENT))
+        .await
+        .expect("create the credential");
+    wait_consistent(&env, "reports", READY_TIMEOUT).await;
+    let first = current_token(&env, "reports").await;
+    let gate = Gate::open();
+    let watch = TokenWatch::start(&env, "reports-token", &gate).await;
+
+    // The leader dies waiting for the answer to a renewal.
+    env.endpoint
+        .push_fault(Fault::Delay(Duration::from_secs(30)));
+    request_refresh(&env, "reports", "leader-killed").await;
+    wait_for_request_in_flight(&env.endpoint, 2).await;
+    leader.kill();
+    let killed = Instant::now();
+
+    wait_for_log(&standby, "the standby to take over", "became leader").await;
+    let renewed = wait_for_token_from(&env, &env.endpoint, "reports", &first, READY_TIMEOUT).await;
+    wait_consistent(&env, "reports", READY_TIMEOUT).await;
+    assert_requests_settle_at(&env.endpoint, 3, "after the leader was killed").await;
+    let requests = env.endpoint.requests();
+    assert!(
+        requests[2].received_at > killed,
+        "the third request came from the new leader"
+    );
+    let history = check_history(watch.finish().await, &env.endpoint.issued_tokens());
+    assert_eq!(
+        history.tokens,
+        [first, renewed],
+        "the Secret went from the old token straight to the new leader's"
+    );
+    let secret = env
+        .secret("reports-token")
+        .await
+        .expect("the target Secret");
+    assert_eq!(
+        secret
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(REFRESH_ANSWERED)
+            .map(String::as_str),
+        Some("leader-killed"),
+        "the new leader answers the refresh the old one died on"
+    );
+}
+
+/// Another holder that takes the Lease and renews it every second until told to stop, as a
+/// replica that won it would; returns when it last renewed.
+fn hold_lease(env: &TestEnv, duration_seconds: i32, stop: Arc<AtomicBool>) -> JoinHandle<Instant> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    let leases: Api<Lease> = env.api();
+    tokio::spawn(async move {
+        let mut last = Instant::now();
+        let mut first = true;
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(mut lease) = leases.get("dscc-token-operator").await else {
+                continue;
+            };
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            spec.holder_identity = Some("thief".to_owned());
+            spec.lease_duration_seconds = Some(duration_seconds);
+            if first {
+                spec.acquire_time = Some(MicroTime(Timestamp::now()));
+            }
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            let renewed = Instant::now();
+            if leases
+                .replace("dscc-token-operator", &PostParams::default(), &lease)
+                .await
+                .is_ok()
+            {
+                (first, last) = (false, renewed);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        last
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_lease_stops_the_leader_at_once_and_its_answer_in_flight_is_dropped() {
+    let _shared = CONTROL_PLANE.read().await;
+    let env = TestEnv::new("lease-stolen").await;
+    env.put_client_secret(CLIENT).await;
+    let mut operator = start_replica(&env, &election_flags(&env, "6s"));
+    wait_for_log(&operator, "the replica to lead", "became leader").await;
+    env.create_credential("reports", env.spec(CLIENT))
+        .await
+        .expect("create the credential");
+    wait_consistent(&env, "reports", READY_TIMEOUT).await;
+    let first = current_token(&env, "reports").await;
+
+    // A renewal is in flight, its answer 15 s away, when another holder takes the Lease.
+    env.endpoint
+        .push_fault(Fault::Delay(Duration::from_secs(15)));
+    request_refresh(&env, "reports", "lease-stolen").await;
+    wait_for_request_in_flight(&env.endpoint, 2).await;
+    let thief_stops = Arc::new(AtomicBool::new(false));
+    let lease_seconds = 8;
+    let thief = hold_lease(&env, lease_seconds, thief_stops.clone());
+    let stolen = Instant::now();
+
+    // The replica sees the loss at its next renewal, sends nothing more and exits (to compete
+    // afresh, as a restarted pod would); the answer that arrives later is never written.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while operator.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the replica kept running without the Lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        operator.logs().contains("lost leadership"),
+        "the replica says why it stopped"
+    );
+    println!(
+        "the replica stopped {:?} after the Lease was stolen",
+        stolen.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(17).saturating_sub(stolen.elapsed())).await;
+    assert_eq!(
+        current_token(&env, "reports").await,
+        first,
+        "the answer in flight when the Lease was lost is dropped"
+    );
+    assert_eq!(env.endpoint.request_count(), 2, "no request after the loss");
+
+    // Restarted, it waits while the other holder renews, and takes over once that holder's
+    // Lease runs out; then it answers the refresh, once.
+    operator.kill(); // reaps the exited process
+    operator.start_again();
+    wait_for_log(
+        &operator,
+        "the restarted replica to wait",
+        "waiting for leadership",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        env.endpoint.request_count(),
+        2,
+        "no request while another holds the Lease"
+    );
+    thief_stops.store(true, Ordering::Relaxed);
+    let last_renewal = thief.await.expect("the thief task");
+    let renewed = wait_for_token_from(&env, &env.endpoint, "reports", &first, READY_TIMEOUT).await;
+    assert_requests_settle_at(&env.endpoint, 3, "after the Lease came back").await;
+    let asked = env.endpoint.requests()[2].received_at;
+    assert!(
+        asked >= last_renewal + Duration::from_secs(lease_seconds as u64 - 1),
+        "asked {:?} after the other holder's last renewal, before its Lease ran out",
+        asked.duration_since(last_renewal)
+    );
+    assert_eq!(env.endpoint.issued_tokens().last(), Some(&renewed));
+    wait_consistent(&env, "reports", READY_TIMEOUT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_deleted_mid_issue_goes_away_and_nobody_else_waits() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::DeleteParams;
+
+    let _shared = CONTROL_PLANE.read().await;
+    let env = TestEnv::new("namespace-deleted").await;
+    let doomed = format!("doomed-{}", support::harness::suffix());
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": doomed}})).expect("a namespace"),
+        )
+        .await
+        .expect("create the doomed namespace");
+    let doomed_endpoint = TokenEndpoint::start().await;
+    doomed_endpoint.set_client(&env.client_id, &env.client_secret);
+    let doomed_secrets: Api<Secret> = Api::namespaced(env.client.clone(), &doomed);
+    let doomed_credentials: Api<DsccCredential> = Api::namespaced(env.client.clone(), &doomed);
+    doomed_secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": CLIENT},
+                "stringData": {"client_id": env.client_id, "client_secret": env.client_secret},
+            }))
+            .expect("a Secret"),
+        )
+        .await
+        .expect("create the doomed client Secret");
+    let mut spec = env.spec(CLIENT);
+    spec["tokenUrl"] = json!(doomed_endpoint.url());
+    doomed_credentials
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "dscc.io/v1alpha1",
+                "kind": "DsccCredential",
+                "metadata": {"name": "reports"},
+                "spec": spec,
+            }))
+            .expect("a credential"),
+        )
+        .await
+        .expect("create the doomed credential");
+
+    // A neighbour renews 8-second tokens the whole time.
+    let lifetime = Duration::from_secs(8);
+    env.endpoint.set_lifetime(lifetime);
+    env.put_client_secret(CLIENT).await;
+    let operator = env.start_operator(&[&format!("--namespace={doomed}")]);
+    env.create_credential("neighbour", env.spec(CLIENT))
+        .await
+        .expect("create the neighbour");
+    wait_consistent(&env, "neighbour", READY_TIMEOUT).await;
+    wait_until(
+        "the doomed credential to be Ready",
+        READY_TIMEOUT,
+        || async {
+            let credential = doomed_credentials.get("reports").await.ok()?;
+            has_condition(&credential, "Ready", "True", "TokenIssued").then_some(())
+        },
+    )
+    .await;
+    let watch = env.watch_token("neighbour-token", SAMPLE_INTERVAL);
+
+    // The namespace goes while a renewal of its credential waits 5 s for its answer.
+    doomed_endpoint.push_fault(Fault::Delay(Duration::from_secs(5)));
+    doomed_credentials
+        .patch(
+            "reports",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                "dscc.io/refresh-requested-at": "namespace-deleted",
+            }}})),
+        )
+        .await
+        .expect("request a refresh");
+    wait_for_request_in_flight(&doomed_endpoint, 2).await;
+    namespaces
+        .delete(&doomed, &DeleteParams::default())
+        .await
+        .expect("delete the namespace");
+    wait_until(
+        "the namespace to be gone",
+        Duration::from_secs(90),
+        || async {
+            namespaces
+                .get_opt(&doomed)
+                .await
+                .ok()
+                .and_then(|found| found.is_none().then_some(()))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let readings = watch.stop().await;
+
+    assert!(
+        doomed_endpoint.request_count() <= 3,
+        "{} token requests for a credential whose namespace is going",
+        doomed_endpoint.request_count()
+    );
+    support::harness::assert_renewed_in_time(&readings, &env.endpoint, lifetime);
+    wait_consistent(&env, "neighbour", READY_TIMEOUT).await;
+    let logs = operator.logs();
+    assert!(!logs.contains("panicked"), "the operator panicked");
+    let about_doomed = logs
+        .lines()
+        .filter(|line| line.contains(&doomed) && line.contains("\"WARN\""))
+        .count();
+    assert!(
+        about_doomed <= 10,
+        "{about_doomed} warnings about the deleted namespace: a retry loop"
+    );
+}
+
+/// libfaketime, which shifts the operator's wall clock (and only it: the monotonic clock that
+/// times its waits stays true).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_step_of_an_hour_renews_what_is_now_due_once() {
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: apt-get install faketime (the clock-step test shifts the \
+         operator's clock with it)"
+    );
+    let _shared = CONTROL_PLANE.read().await;
+    let env = TestEnv::new("clock-step").await;
+    // 90-minute tokens are renewed with a third of their life left, after an hour.
+    env.endpoint.set_lifetime(Duration::from_secs(90 * 60));
+    env.put_client_secret(CLIENT).await;
+    let offset = env.log_dir.join("faketime");
+    std::fs::write(&offset, "+0\n").expect("write the clock offset");
+    let mut args = support::operator::test_flags();
+    args.push(format!("--namespace={}", env.namespace));
+    let operator = Operator::start_with_env(
+        vec![
+            (
+                "KUBECONFIG".into(),
+                env.cluster.kubeconfig.display().to_string(),
+            ),
+            ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+            (
+                "FAKETIME_TIMESTAMP_FILE".into(),
+                offset.display().to_string(),
+            ),
+            ("FAKETIME_NO_CACHE".into(), "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ],
+        args,
+        env.log_dir.join("operator-clock.log"),
+    );
+    env.create_credential("reports", env.spec(CLIENT))
+        .await
+        .expect("create the credential");
+    wait_consistent(&env, "reports", READY_TIMEOUT).await;
+    let first = current_token(&env, "reports").await;
+    let gate = Gate::open();
+    let watch = TokenWatch::start(&env, "reports-token", &gate).await;
+    assert_requests_settle_at(&env.endpoint, 1, "before the clock step").await;
+
+    // The operator's clock jumps an hour ahead: the token it holds is due now. It notices
+    // within seconds (not after the hour its wait had left) and renews once.
+    std::fs::write(&offset, "+1h\n").expect("step the clock");
+    let stepped = Instant::now();
+    let renewed = wait_for_token_from(&env, &env.endpoint, "reports", &first, READY_TIMEOUT).await;
+    println!("renewed {:?} after the clock step", stepped.elapsed());
+    assert!(
+        operator.logs().contains("the wall clock stepped"),
+        "the operator says its clock stepped"
+    );
+    let credential = wait_consistent(&env, "reports", READY_TIMEOUT).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_requests_settle_at(&env.endpoint, 2, "after the clock step").await;
+    let history = check_history(watch.finish().await, &env.endpoint.issued_tokens());
+    assert_eq!(history.tokens, [first, renewed]);
+    assert!(history.expired.is_empty(), "{:?}", history.expired);
+    let status = credential.status.expect("status");
+    let renew_at = status
+        .renewal_time
+        .as_ref()
+        .map(|time| time.0)
+        .expect("a renewal time");
+    assert!(
+        renew_at > Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_mins(60),
+        "the next renewal ({renew_at}) is planned on the operator's clock, an hour ahead"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_host_holds_at_most_its_share_and_other_hosts_renew_on_time() {
+    let _exclusive = CONTROL_PLANE.write().await;
+    let env = TestEnv::new("starvation").await;
+    let blackhole = TokenEndpoint::start().await;
+    blackhole.set_sticky_fault(Some(Fault::Hang));
+    // Eight credentials, each its own client and so its own request, point at a host that
+    // never answers: as many as the operator reconciles at once.
+    for index in 0..8 {
+        let client = format!("blackholed-{index}-client");
+        env.put_secret(
+            &client,
+            &[
+                ("client_id", &format!("blackholed-{index}")),
+                ("client_secret", "unused"),
+            ],
+        )
+        .await;
+        let mut spec = env.spec(&client);
+        spec["tokenUrl"] = json!(blackhole.url());
+        env.create_credential(&format!("blackholed-{index}"), spec)
+            .await
+            .expect("create a blackholed credential");
+    }
+    let lifetime = Duration::from_secs(8);
+    env.endpoint.set_lifetime(lifetime);
+    env.put_client_secret(CLIENT).await;
+    let _operator = env.start_operator(&["--concurrency=8"]);
+    let healthy: Vec<String> = (0..4).map(|index| format!("healthy-{index}")).collect();
+    for name in &healthy {
+        env.create_credential(name, env.spec(CLIENT))
+            .await
+            .expect("create a healthy credential");
+    }
+    for name in &healthy {
+        wait_consistent(&env, name, READY_TIMEOUT).await;
+    }
+    let watches: Vec<_> = healthy
+        .iter()
+        .map(|name| env.watch_token(&format!("{name}-token"), SAMPLE_INTERVAL))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let in_flight = blackhole.request_count();
+    for watch in watches {
+        support::harness::assert_renewed_in_time(&watch.stop().await, &env.endpoint, lifetime);
+    }
+    // Well inside the 30-second request timeout nothing has come back from the blackhole:
+    // every request it received is still open.
+    assert!(
+        in_flight <= 4,
+        "{in_flight} requests held open by one host; at most 4 may be"
+    );
+    assert!(in_flight >= 1, "the blackholed host was asked");
+    blackhole.shutdown().await;
+}

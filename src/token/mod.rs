@@ -377,8 +377,10 @@ impl TokenClient {
 pub struct Endpoint {
     /// The URL without query, fragment or user info.
     pub url: String,
-    /// Host, plus the port when it is not the scheme's default.
+    /// Host, plus the port when it is not the scheme's default: how messages name it.
     pub host: String,
+    /// The host name alone: the `host` label of the request metrics.
+    pub host_name: String,
     /// Host and effective port: the key of the per-host gate.
     pub gate_key: String,
 }
@@ -395,6 +397,7 @@ impl Endpoint {
         Self {
             url: display_url(url),
             host,
+            host_name: host_name.to_owned(),
             gate_key,
         }
     }
