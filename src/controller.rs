@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{DsccCredential, MANAGER};
 use crate::leader::Leadership;
+use crate::lock;
 use crate::metrics::{CredentialLabels, Metrics};
 use crate::minter::Minter;
 use crate::observe::{self, Inputs, Observed, Policy};
@@ -158,12 +159,6 @@ impl Context {
             .iter()
             .find_map(|store| store.get(reference))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs the controller until `stop` turns true; marks `readiness` once every watch has

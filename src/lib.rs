@@ -69,3 +69,11 @@ impl Error {
         }
     }
 }
+
+/// Locks `mutex`, also after a panic elsewhere poisoned it: every value kept behind one stays
+/// consistent at each unlock, so a poisoned lock holds nothing half-written.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

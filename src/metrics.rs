@@ -250,19 +250,13 @@ impl Metrics {
                 group: group.to_owned(),
             })
             .set(1);
-        self.memberships()
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(self.memberships())
             .insert((namespace.to_owned(), name.to_owned()), group.to_owned());
     }
 
     /// Removes the token group series of a credential.
     pub fn forget_token_group(&self, namespace: &str, name: &str) {
-        let old = self
-            .memberships()
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(namespace.to_owned(), name.to_owned()));
+        let old = crate::lock(self.memberships()).remove(&(namespace.to_owned(), name.to_owned()));
         if let Some(group) = old {
             self.membership.remove(&GroupLabels {
                 namespace: namespace.to_owned(),

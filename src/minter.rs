@@ -25,6 +25,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use crate::api::DsccCredential;
 use crate::leader::Leadership;
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::observe::{GroupKey, GroupToken, token_hash};
 use crate::steps::{TokenOrder, TokenOutcome};
@@ -279,10 +280,4 @@ impl Drop for InFlight<'_> {
             group.in_flight = false;
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -28,9 +28,7 @@ pub struct OwnWrites {
 
 impl OwnWrites {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Memo>> {
-        self.memos
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.memos)
     }
 
     /// What is remembered for the credential `uid`.

@@ -5,8 +5,9 @@
 //! workload is restarted once per new token, an operator restart restarts nothing, and a
 //! GitOps tool that reverts the annotation (Argo CD self-heal) causes no restart loop.
 //!
-//! Restarts of one workload asked for within a short window (credentials of one token group
-//! renew together) are carried out as one patch.
+//! Restarts of one workload asked for within a short window (credentials that renew together)
+//! are carried out as one patch, and a workload already restarted for a token is not patched
+//! again for it (the members of a token group all ask with the same stamp).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::api::{MANAGER, RolloutRestartTarget, WorkloadKind};
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::reason::{Failure, Reason};
 use crate::steps::Restart;
@@ -55,6 +57,8 @@ pub struct Restarter {
     client: Client,
     window: Duration,
     pending: Mutex<HashMap<Key, Batch>>,
+    /// The stamp each workload was last restarted with by this process.
+    done: Mutex<HashMap<Key, String>>,
     metrics: Arc<Metrics>,
 }
 
@@ -65,6 +69,7 @@ impl Restarter {
             client,
             window,
             pending: Mutex::new(HashMap::new()),
+            done: Mutex::new(HashMap::new()),
             metrics,
         })
     }
@@ -80,10 +85,7 @@ impl Restarter {
         let key = (namespace.to_owned(), target.kind, target.name.clone());
         let (sender, receiver) = oneshot::channel();
         let first = {
-            let mut pending = self
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut pending = lock(&self.pending);
             match pending.get_mut(&key) {
                 Some(batch) => {
                     batch.stamp = batch.stamp.clone().max(stamp.to_owned());
@@ -116,17 +118,18 @@ impl Restarter {
 
     async fn run_batch(self: Arc<Self>, key: Key) {
         tokio::time::sleep(self.window).await;
-        let Some(batch) = self
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&key)
-        else {
+        let Some(batch) = lock(&self.pending).remove(&key) else {
             return;
         };
         let (namespace, kind, name) = &key;
-        let result = patch(&self.client, namespace, *kind, name, &batch.stamp).await;
-        if matches!(result, Ok(Restart::Restarted)) {
+        let already = lock(&self.done).get(&key) == Some(&batch.stamp);
+        let result = if already {
+            Ok(Restart::Restarted)
+        } else {
+            patch(&self.client, namespace, *kind, name, &batch.stamp).await
+        };
+        if !already && matches!(result, Ok(Restart::Restarted)) {
+            lock(&self.done).insert(key.clone(), batch.stamp.clone());
             self.metrics.rollout_restarted(namespace, *kind, name);
             tracing::info!(
                 namespace,

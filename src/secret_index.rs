@@ -131,9 +131,7 @@ pub struct SecretIndex {
 
 impl SecretIndex {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.inner)
     }
 
     /// Records which Secrets `credential` uses (replacing what it used before); `subject`

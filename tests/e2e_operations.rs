@@ -5,9 +5,9 @@ use dscc_testkit as support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use support::dscc_api::DsccApi;
 use support::harness::{TestEnv, wait_until};
@@ -281,6 +281,147 @@ async fn a_deployment_is_rolled_out_once_per_new_token() {
     assert_eq!(replica_sets(&env, "reporter").await, 3);
     assert_eq!(env.restart_stamp("reporter").await, stamp);
     assert_eq!(env.endpoint.request_count(), 2);
+}
+
+/// The Deployment `name`'s generation (it counts changes of its spec, a restart among them).
+async fn generation(env: &TestEnv, name: &str) -> i64 {
+    env.api::<Deployment>()
+        .get(name)
+        .await
+        .expect("the Deployment")
+        .metadata
+        .generation
+        .expect("a generation")
+}
+
+async fn restarts_counted(env: &TestEnv, operator: &Operator, name: &str) -> f64 {
+    let series = format!(
+        "dscc_rollout_restarts_total{{namespace=\"{}\",kind=\"Deployment\",name=\"{name}\"}}",
+        env.namespace
+    );
+    metric(&scrape(operator).await, &series).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_renewing_together_restart_once_and_a_gitops_revert_restarts_nothing() {
+    let env = TestEnv::new("rollout-gitops").await;
+    env.create_deployment("shared").await;
+    // Three credentials of three clients (three tokens, three stamps) name one Deployment.
+    let names = ["billing", "reports", "audit"];
+    for name in names {
+        let client_id = format!("{name}-{}", support::harness::suffix());
+        env.endpoint.set_client(&client_id, "secret");
+        env.put_secret(
+            &format!("{name}-client"),
+            &[("client_id", &client_id), ("client_secret", "secret")],
+        )
+        .await;
+    }
+    // The production batch window: renewals that land within 2 s of each other are one.
+    let operator = env.start_operator(&["--rollout-restart-batch-window=2s"]);
+    for name in names {
+        let mut spec = env.spec(&format!("{name}-client"));
+        spec["rolloutRestartTargets"] = json!([{"kind": "Deployment", "name": "shared"}]);
+        env.create_credential(name, spec)
+            .await
+            .expect("create the credential");
+    }
+    for name in names {
+        env.wait_ready(name).await;
+    }
+    wait_until("the first restart", READY, || async {
+        env.restart_stamp("shared").await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (before, counted) = (
+        generation(&env, "shared").await,
+        restarts_counted(&env, &operator, "shared").await,
+    );
+
+    // All three renew at once: one restart, not three.
+    let old: Vec<String> = env.endpoint.issued_tokens();
+    futures::future::join_all(names.map(|name| {
+        env.patch_credential(
+            name,
+            json!({"metadata": {"annotations": {"dscc.io/refresh-requested-at": "together"}}}),
+        )
+    }))
+    .await;
+    for name in names {
+        wait_until(&format!("{name} to hold a new token"), READY, || async {
+            let token = env
+                .secret_value(&format!("{name}-token"), "access_token")
+                .await?;
+            (!old.contains(&token)).then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        generation(&env, "shared").await,
+        before + 1,
+        "three renewals together changed the pod template once"
+    );
+    assert_eq!(
+        restarts_counted(&env, &operator, "shared").await,
+        counted + 1.0,
+        "dscc_rollout_restarts_total counts the one restart"
+    );
+    for name in names {
+        let status = env.credential(name).await.status.expect("status");
+        let restart = status
+            .rollout_restarts
+            .iter()
+            .find(|restart| restart.name == "shared")
+            .expect("the restart is recorded");
+        assert!(
+            !restart.token.is_empty(),
+            "{name} records which token it restarted the Deployment for"
+        );
+    }
+
+    // Argo CD self-heal puts the pod template back as Git has it: no annotation. The operator
+    // restarts nothing for that, not now and not later, until the next new token.
+    env.api::<Deployment>()
+        .patch(
+            "shared",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+                "dscc.io/restartedAt": null,
+            }}}}})),
+        )
+        .await
+        .expect("revert the annotation");
+    let reverted = generation(&env, "shared").await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(env.restart_stamp("shared").await, None, "the revert stays");
+    assert_eq!(
+        generation(&env, "shared").await,
+        reverted,
+        "no restart loop"
+    );
+    assert_eq!(
+        restarts_counted(&env, &operator, "shared").await,
+        counted + 1.0
+    );
+
+    // The next new token restarts it again, once.
+    env.patch_credential(
+        "billing",
+        json!({"metadata": {"annotations": {"dscc.io/refresh-requested-at": "after-revert"}}}),
+    )
+    .await;
+    wait_until("a restart for the new token", READY, || async {
+        env.restart_stamp("shared").await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(generation(&env, "shared").await, reverted + 1);
+    assert_eq!(
+        restarts_counted(&env, &operator, "shared").await,
+        counted + 2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,9 +128,7 @@ impl<C: Clock + Clone> HostGate<C> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Host<C>>> {
-        self.hosts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.hosts)
     }
 
     fn limiter(&self, rate: u32) -> Arc<Limiter<C>> {

@@ -113,9 +113,18 @@ impl TestEnv {
     }
 
     /// Starts an operator that watches only this test's namespace, with the test flags and
-    /// `extra` flags.
+    /// `extra` flags; an extra `--flag=value` replaces the test flag of that name.
     pub fn start_operator(&self, extra: &[&str]) -> Operator {
+        let replaced: Vec<&str> = extra
+            .iter()
+            .filter_map(|flag| flag.split_once('=').map(|(name, _)| name))
+            .filter(|name| *name != "--namespace")
+            .collect();
         let mut args = test_flags();
+        args.retain(|flag| {
+            flag.split_once('=')
+                .is_none_or(|(name, _)| !replaced.contains(&name))
+        });
         args.push(format!("--namespace={}", self.namespace));
         args.extend(extra.iter().map(|s| s.to_string()));
         Operator::start(
