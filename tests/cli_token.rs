@@ -67,15 +67,39 @@ async fn a_rejected_client_fails_with_a_clear_message_and_no_secret() {
     assert!(!stderr.contains("a-wrong-secret-5678"));
 }
 
-#[test]
-fn plain_http_is_refused_without_the_development_flag() {
-    let output = Command::new(env!("CARGO_BIN_EXE_dscc-token-operator"))
-        .args(["token", "--token-url", "http://127.0.0.1:9/as/token.oauth2"])
-        .env("DSCC_CLIENT_ID", "cli-client")
-        .env("DSCC_CLIENT_SECRET", "x")
-        .output()
-        .expect("run dscc-token-operator token");
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_is_refused_without_the_development_flag() {
+    let endpoint = TokenEndpoint::start().await;
+    endpoint.set_client("cli-client", "cli-secret-value-1234");
+    let url = endpoint.url();
+    assert!(
+        url.starts_with("http://"),
+        "the test endpoint speaks plain http"
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_dscc-token-operator"))
+            .args(["token", "--token-url", &url])
+            .env("DSCC_CLIENT_ID", "cli-client")
+            .env("DSCC_CLIENT_SECRET", "cli-secret-value-1234")
+            .output()
+            .expect("run dscc-token-operator token")
+    })
+    .await
+    .expect("join the command");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("http"), "{stderr}");
+    assert!(
+        stderr.contains("uses plain http") && stderr.contains("--allow-insecure-token-url"),
+        "the error says what is wrong and which flag allows it: {stderr}"
+    );
+    assert!(!stderr.contains("cli-secret-value-1234"));
+    assert_eq!(
+        endpoint.request_count(),
+        0,
+        "the client secret was never sent over plain http"
+    );
+    // The same request with the development flag reaches the endpoint.
+    let output = run_token(endpoint.url(), "cli-secret-value-1234", &[]).await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(endpoint.request_count(), 1);
 }

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use dscc_token_operator::api::DsccCredential;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
@@ -21,7 +20,6 @@ use serde_json::json;
 use support::harness::{
     TestEnv, condition, has_condition, suffix, wait_for_credential, wait_until,
 };
-use support::invalid_manifests::{base_spec, cases};
 use support::token_endpoint::{Fault, RecordedRequest, RetryAfter, TokenEndpoint};
 use tokio::task::JoinHandle;
 
@@ -618,36 +616,6 @@ async fn leaves_a_foreign_secret_alone_and_takes_the_name_once_it_is_gone() {
             .as_ref(),
         env.endpoint.issued_tokens().first()
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_api_server_rejects_invalid_specs_naming_the_field() {
-    let env = TestEnv::new("invalid-specs").await;
-    env.create_credential("valid-base", base_spec())
-        .await
-        .expect("the base spec of the invalid cases must itself be valid");
-    env.api::<DsccCredential>()
-        .delete("valid-base", &DeleteParams::default())
-        .await
-        .expect("delete the valid credential");
-
-    let cases = cases();
-    assert!(cases.len() >= 12, "only {} cases", cases.len());
-    let mut problems = Vec::new();
-    for (i, case) in cases.iter().enumerate() {
-        let name = format!("invalid-{i}");
-        match env.create_credential(&name, case.spec.clone()).await {
-            Ok(_) => problems.push(format!("{}: accepted", case.description)),
-            Err(kube::Error::Api(status))
-                if status.code == 422 && status.message.contains(case.expect_in_message) => {}
-            Err(kube::Error::Api(status)) => problems.push(format!(
-                "{}: HTTP {} without {:?} in: {}",
-                case.description, status.code, case.expect_in_message, status.message
-            )),
-            Err(error) => problems.push(format!("{}: {error}", case.description)),
-        }
-    }
-    assert!(problems.is_empty(), "{problems:#?}");
 }
 
 /// What follows each "Basic " in `text`, unless it was redacted.

@@ -101,22 +101,87 @@ async fn metrics_follow_the_token_and_disappear_with_the_credential() {
     .await;
 }
 
+/// A TCP relay to kube-apiserver that holds every connection until it is opened: an API
+/// server the operator can reach but that does not answer yet. Returns a kubeconfig that
+/// goes through it and the switch that opens it.
+async fn held_api_server(env: &TestEnv) -> (std::path::PathBuf, tokio::sync::watch::Sender<bool>) {
+    let kubeconfig = std::fs::read_to_string(&env.cluster.kubeconfig).expect("the kubeconfig");
+    let server = kubeconfig
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("server: https://"))
+        .expect("the API server address")
+        .to_owned();
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the relay");
+    let relayed = relay.local_addr().expect("the relay address");
+    let (open, opened) = tokio::sync::watch::channel(false);
+    let upstream = server.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = relay.accept().await {
+            let (mut opened, server) = (opened.clone(), server.clone());
+            tokio::spawn(async move {
+                if opened.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(&server).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    let path = env.log_dir.join("held-kubeconfig");
+    std::fs::write(
+        &path,
+        kubeconfig.replace(
+            &format!("https://{upstream}"),
+            &format!("https://{relayed}"),
+        ),
+    )
+    .expect("write the kubeconfig");
+    (path, open)
+}
+
+async fn readyz(address: std::net::SocketAddr) -> Option<u16> {
+    let answer = reqwest::get(format!("http://{address}/readyz"))
+        .await
+        .ok()?;
+    Some(answer.status().as_u16())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_endpoints_answer_and_ready_follows_the_watches() {
     let env = TestEnv::new("health").await;
-    let operator = env.start_operator(&[]);
+    let (kubeconfig, open) = held_api_server(&env).await;
+    let mut args = support::operator::test_flags();
+    args.push(format!("--namespace={}", env.namespace));
+    let operator = Operator::start(&kubeconfig, args, env.log_dir.join("operator-health.log"));
     let address = operator.address("health_address");
+
+    // Alive, but not ready while its watches have not listed anything.
     let healthz = reqwest::get(format!("http://{address}/healthz"))
         .await
-        .unwrap();
+        .expect("/healthz answers");
     assert_eq!(healthz.status(), 200);
+    for _ in 0..10 {
+        assert_eq!(
+            readyz(address).await,
+            Some(503),
+            "/readyz must not say ready before the watches have synced"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The API server answers: the watches sync and /readyz follows.
+    open.send_replace(true);
     wait_until("/readyz to answer 200", READY, || async {
-        let readyz = reqwest::get(format!("http://{address}/readyz"))
-            .await
-            .ok()?;
-        (readyz.status() == 200).then_some(())
+        (readyz(address).await == Some(200)).then_some(())
     })
     .await;
+    let healthz = reqwest::get(format!("http://{address}/healthz"))
+        .await
+        .expect("/healthz answers");
+    assert_eq!(healthz.status(), 200);
 }
 
 /// How many token requests an operator has logged.
