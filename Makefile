@@ -32,23 +32,47 @@ cluster-down:
 # Where cargo builds; .ci/run points it under $(HOME)/.cache so CI reuses it.
 CARGO ?= cargo
 
-.PHONY: test lint unit e2e compat demo demo-down
+.PHONY: test lint unit compat soak alerts image image-test demo demo-down
 
-## test: everything: lint, unit tests, end-to-end tests on 1.37.2, the 1.35.4 subset
+## test: everything on every change: lint, unit tests, end-to-end tests on 1.37.2 (control
+## plane, Keycloak, oidc-provider, Prometheus, the chart), the compatibility subset on 1.35.4
 test: lint
-	@testenv/build.sh k8s etcd
-	$(CARGO) test --all-targets --no-fail-fast
+	@testenv/build.sh k8s etcd helm
+	$(CARGO) test --workspace --all-targets --no-fail-fast
 	@K8S_VERSION=1.35.4 testenv/build.sh k8s etcd
 	K8S_VERSION=1.35.4 $(CARGO) test --test compat
 
 ## lint: formatting and clippy, warnings are errors
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## unit: the fast tests, no control plane
 unit:
 	$(CARGO) test --lib --test crd_drift --test token_client
+
+## compat: the compatibility subset on 1.35.4 only
+compat:
+	@K8S_VERSION=1.35.4 testenv/build.sh k8s etcd
+	K8S_VERSION=1.35.4 $(CARGO) test --test compat
+
+## soak: 100 credentials with 10-second tokens for 10 minutes (SOAK_SECONDS=... to change)
+soak:
+	@testenv/build.sh k8s etcd
+	$(CARGO) test --test e2e_faults -- --ignored --nocapture
+
+## alerts: the chart's alerts in promtool, and the dashboard's queries
+alerts:
+	@testenv/prometheus/test-rules.sh
+
+## image: build the Dockerfile with buildah and local stand-ins for its base images
+image:
+	@testenv/image/build.sh
+
+## image-test: build the image, then run it as the chart's Pod does against the control plane
+image-test: image
+	@testenv/build.sh k8s etcd
+	$(CARGO) test --test e2e_image -- --ignored --nocapture
 
 ## demo: the operator end to end on a local control plane (KEEP=1 leaves it running)
 demo:
@@ -57,7 +81,7 @@ demo:
 ## demo-down: stop what KEEP=1 make demo left running
 demo-down:
 	@pkill -f 'dscc-token-operator run --allow-insecure-token-url' || true
-	@pkill -f 'examples/token_endpoint --port 0' || true
+	@pkill -f 'token-endpoint --port 0' || true
 	@testenv/cluster.sh down $(HOME)/.cache/dscc-token-operator/demo/cluster
 
 .PHONY: crds
@@ -67,10 +91,11 @@ crds:
 	cp crds/dscc.io_dscccredentials.yaml charts/dscc-token-operator/crds/
 
 .PHONY: bench
-# Credentials for make bench; also N=10000 make bench, or make bench ARGS="--credentials 10000".
+# Credentials for make bench; also N=10000 make bench, or make bench ARGS="--help".
 N ?= 1000
-## bench: the operator at scale on its own local control plane; prints a table, writes
-## target/bench/results.json (ARGS="--help" lists the knobs)
+## bench: the operator at scale on its own local control plane; prints tables, writes
+## target/bench/ (results.json and plots; ARGS="--help" lists the knobs)
 bench:
-	$(CARGO) build --release --bin dscc-token-operator --example bench
-	$(CARGO) run --release --quiet --example bench -- --credentials $(N) $(ARGS)
+	@testenv/build.sh k8s etcd
+	$(CARGO) build --release -p dscc-token-operator --bin dscc-token-operator -p dscc-testkit --bin bench
+	$(CARGO) run --release --quiet -p dscc-testkit --bin bench -- --credentials $(N) $(ARGS)

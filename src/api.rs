@@ -601,6 +601,27 @@ mod tests {
     }
 
     #[test]
+    fn a_status_written_by_the_first_release_still_reads() {
+        // The first release recorded resourceVersions in lastFailedAttempt.
+        let credential: DsccCredential = serde_json::from_value(serde_json::json!({
+            "apiVersion": "dscc.io/v1alpha1",
+            "kind": "DsccCredential",
+            "metadata": {"name": "reports", "namespace": "storage"},
+            "spec": {"clientSecretRef": {"name": "client"}},
+            "status": {
+                "failedAttempts": 2,
+                "lastFailureReason": "InvalidClientCredentials",
+                "lastFailedAttempt": {"generation": 1, "clientSecretVersion": "4711"},
+            },
+        }))
+        .expect("an old status deserializes");
+        let status = credential.status.expect("status");
+        assert_eq!(status.failed_attempts, 2);
+        // An empty spec hash matches no spec: the next look retries once, as after a change.
+        assert_eq!(status.last_failed_attempt, Some(AttemptInputs::default()));
+    }
+
+    #[test]
     fn the_issuance_hash_ignores_suspend_refresh_timing_and_restart_targets() {
         let base = spec().issuance_hash();
         let mut edited = spec();

@@ -33,10 +33,10 @@ cleanup() {
 trap cleanup EXIT
 
 say "Building the operator and the local token endpoint"
-cargo build --quiet --bin dscc-token-operator --example token_endpoint
+cargo build --quiet -p dscc-token-operator --bin dscc-token-operator -p dscc-testkit --bin token-endpoint
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 operator=$target_dir/debug/dscc-token-operator
-endpoint=$target_dir/debug/examples/token_endpoint
+endpoint=$target_dir/debug/token-endpoint
 
 say "Starting the local Kubernetes control plane (built from source on first use)"
 export KUBECONFIG

@@ -1,4 +1,4 @@
-//! End-to-end tests of every behaviour, against a real control plane (see tests/support).
+//! End-to-end tests of every behaviour, against a real control plane (see testkit/).
 //! Each test has its own namespace, token endpoint and operator process.
 
 use dscc_testkit as support;

@@ -1,7 +1,7 @@
 //! End-to-end tests of what goes wrong: rejected credentials, an endpoint that is down, failing
 //! or rate limiting, missing client Secrets and keys, a foreign target Secret, invalid specs,
 //! secrets that must never leak, and namespaced operation. Real control plane, real operator
-//! process, the fault-injecting token endpoint (see tests/support).
+//! process, the fault-injecting token endpoint (see testkit/).
 
 use dscc_testkit as support;
 

@@ -1,13 +1,15 @@
 //! Fault survival: the operator is killed in the middle of a renewal, kube-apiserver and etcd
 //! go away, the token endpoint hangs, resets connections, presents a certificate nobody
 //! trusts, floods the client, leaves out the expiry or rate limits 100 credentials sharing one
-//! client id, and 100 credentials with 10-second tokens are soaked for ten minutes.
+//! client id; the leader is killed mid-issue, its Lease is stolen, a namespace is deleted
+//! mid-issue, the operator's wall clock steps an hour ahead, a blackholed host tries to hold
+//! every reconcile; and 100 credentials with 10-second tokens are soaked for ten minutes.
 //!
 //! Every test checks the same promise with a sampler that reads the target Secrets the whole
 //! time: the last valid token is never lost (never missing, never blanked, never replaced by
 //! anything but a newer token the endpoint issued), no other Secret is touched, and the
 //! operator recovers by itself. Real control plane, real operator process, the fault-injecting
-//! token endpoint (see tests/support).
+//! token endpoint (see testkit/).
 //!
 //! Tests that stop parts of the control plane, and the two load tests whose timing a neighbour
 //! would disturb, hold [`CONTROL_PLANE`] exclusively; the others share it. That keeps them

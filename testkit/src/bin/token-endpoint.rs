@@ -1,7 +1,7 @@
 //! The fake GreenLake token endpoint as a standalone process, for `make demo`.
 //!
 //! ```text
-//! cargo run --example token_endpoint -- --port 0 --lifetime 20s --client demo-client:demo-secret
+//! cargo run -p dscc-testkit --bin token-endpoint -- --port 0 --lifetime 20s --client demo-client:demo-secret
 //! ```
 //!
 //! Prints `{"token_url":"http://127.0.0.1:PORT/as/token.oauth2"}` once listening, logs each
