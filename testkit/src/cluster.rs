@@ -40,9 +40,23 @@ fn start() -> Result<Cluster, String> {
     if std::env::var("E2E_USE_EXISTING_CLUSTER").as_deref() == Ok("1") {
         return existing(script);
     }
-    let binary = std::env::current_exe()
+    // The folder is named after the test binary. Linux appends " (deleted)" to the path of
+    // a running binary that a rebuild has replaced; cluster.sh refuses spaces.
+    let binary: String = std::env::current_exe()
         .ok()
-        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
+        .map(|name| name.trim_end_matches(" (deleted)").to_owned())
+        .map(|name| {
+            name.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect()
+        })
         .unwrap_or_else(|| "e2e".into());
     let dir = crate::tmp_dir().join(format!("e2e-{binary}-{}", std::process::id()));
     let output = Command::new(&script)
