@@ -331,6 +331,7 @@ fn scope(
     let secrets_api: Api<PartialObjectMeta<Secret>> = api_in(&ctx.client, ns);
     let secret_watch = tokio::spawn(watch_secrets(
         secrets_api,
+        namespace.clone(),
         listed_receiver,
         ctx.index.clone(),
         sender_of(&ctx, &namespace),
@@ -368,6 +369,7 @@ fn sender_of(ctx: &Context, namespace: &Option<String>) -> Trigger {
 /// Secret event concerns.
 async fn watch_secrets(
     api: Api<PartialObjectMeta<Secret>>,
+    namespace: Option<String>,
     mut listed: tokio::sync::watch::Receiver<bool>,
     index: Arc<SecretIndex>,
     trigger: Trigger,
@@ -383,7 +385,8 @@ async fn watch_secrets(
     while let Some(event) = events.next().await {
         match event {
             Ok(event) => {
-                for credential in secret_event(event, &index, &mut on_synced) {
+                for credential in secret_event(event, namespace.as_deref(), &index, &mut on_synced)
+                {
                     let _ = trigger.unbounded_send(credential);
                 }
             }
@@ -450,10 +453,11 @@ fn index_credential(credential: &DsccCredential, ctx: &Context) {
 /// Records a Secret event in the index; returns the credentials it concerns.
 fn secret_event(
     event: watcher::Event<PartialObjectMeta<Secret>>,
+    namespace: Option<&str>,
     index: &SecretIndex,
     on_synced: &mut Option<impl FnOnce()>,
 ) -> Vec<ObjectRef<DsccCredential>> {
-    let refs = secret_event_refs(event, index, on_synced);
+    let refs = secret_event_refs(event, namespace, index, on_synced);
     if !refs.is_empty() {
         debug!(credentials = refs.len(), "a Secret they use changed");
     }
@@ -462,12 +466,13 @@ fn secret_event(
 
 fn secret_event_refs(
     event: watcher::Event<PartialObjectMeta<Secret>>,
+    namespace: Option<&str>,
     index: &SecretIndex,
     on_synced: &mut Option<impl FnOnce()>,
 ) -> Vec<ObjectRef<DsccCredential>> {
     match event {
         watcher::Event::Init => {
-            index.relist_started();
+            index.relist_started(namespace);
             vec![]
         }
         watcher::Event::InitApply(secret) | watcher::Event::Apply(secret) => {
@@ -478,7 +483,7 @@ fn secret_event_refs(
             if let Some(on_synced) = on_synced.take() {
                 on_synced();
             }
-            index.relist_done()
+            index.relist_done(namespace)
         }
     }
 }

@@ -119,8 +119,10 @@ struct Inner {
     /// Subject credential (namespace, name) → the credentials that exchange its token.
     exchangers: HashMap<SecretKey, HashSet<ObjectRef<DsccCredential>>>,
     facts: HashMap<SecretKey, Known>,
-    /// During a relist: the Secrets seen so far.
-    relisting: Option<HashSet<SecretKey>>,
+    /// During a relist, per watched namespace (`None`: all of them): the used Secrets seen
+    /// so far. Each namespace has a watch of its own, and its relist says nothing about
+    /// Secrets elsewhere.
+    relisting: HashMap<Option<String>, HashSet<SecretKey>>,
 }
 
 /// The index; shared by the watches and the reconciles.
@@ -216,11 +218,13 @@ impl SecretIndex {
     pub fn secret_applied(&self, metadata: &ObjectMeta) -> Vec<ObjectRef<DsccCredential>> {
         let key = key_of(metadata);
         let mut inner = self.lock();
-        if let Some(seen) = inner.relisting.as_mut() {
-            seen.insert(key.clone());
-        }
         if !inner.users.contains_key(&key) {
             return vec![];
+        }
+        for (scope, seen) in inner.relisting.iter_mut() {
+            if in_scope(scope.as_deref(), &key) {
+                seen.insert(key.clone());
+            }
         }
         let mut facts = SecretFacts::of_metadata(metadata);
         // A known fingerprint stays attached while the version it was read at is current.
@@ -259,21 +263,23 @@ impl SecretIndex {
     }
 
     /// The watch starts listing every Secret again (after a start or a lost watch).
-    pub fn relist_started(&self) {
-        self.lock().relisting = Some(HashSet::new());
+    pub fn relist_started(&self, namespace: Option<&str>) {
+        self.lock()
+            .relisting
+            .insert(namespace.map(str::to_owned), HashSet::new());
     }
 
     /// The relist is complete: a used Secret it did not bring does not exist. Returns the
     /// credentials whose Secrets vanished meanwhile.
-    pub fn relist_done(&self) -> Vec<ObjectRef<DsccCredential>> {
+    pub fn relist_done(&self, namespace: Option<&str>) -> Vec<ObjectRef<DsccCredential>> {
         let mut inner = self.lock();
-        let Some(seen) = inner.relisting.take() else {
+        let Some(seen) = inner.relisting.remove(&namespace.map(str::to_owned)) else {
             return vec![];
         };
         let gone: Vec<SecretKey> = inner
             .users
             .keys()
-            .filter(|key| !seen.contains(*key))
+            .filter(|key| in_scope(namespace, key) && !seen.contains(*key))
             .cloned()
             .collect();
         let mut affected = vec![];
@@ -320,6 +326,11 @@ impl SecretIndex {
     pub fn known_secrets(&self) -> usize {
         self.lock().facts.len()
     }
+}
+
+/// Whether a watch of `namespace` (`None`: all) sees the Secret `key`.
+fn in_scope(namespace: Option<&str>, key: &SecretKey) -> bool {
+    namespace.is_none_or(|namespace| namespace == key.0)
 }
 
 fn key_of(metadata: &ObjectMeta) -> SecretKey {
@@ -510,14 +521,41 @@ mod tests {
             Some(Known::Absent(Absence::Deleted("4".into())))
         );
         index.secret_applied(&secret("storage", "client", "5"));
-        index.relist_started();
+        index.relist_started(Some("storage"));
         index.secret_applied(&secret("storage", "a-token", "6"));
         assert_eq!(
-            names(index.relist_done()),
+            names(index.relist_done(Some("storage"))),
             ["a"],
             "the client Secret vanished meanwhile"
         );
         assert_eq!(index.facts(&key), Some(Known::Absent(Absence::NotListed)));
+    }
+
+    #[test]
+    fn a_relist_of_one_namespace_says_nothing_about_another() {
+        // With --namespace=a,b each namespace has its own Secret watch; the relist of one
+        // must not declare the Secrets of the other absent.
+        let index = SecretIndex::default();
+        index.upsert(&credential("a", "client"), None);
+        let key = ("storage".to_owned(), "client".to_owned());
+        index.secret_applied(&secret("storage", "client", "3"));
+        index.relist_started(Some("elsewhere"));
+        index.secret_applied(&secret("elsewhere", "other", "4"));
+        assert_eq!(
+            names(index.relist_done(Some("elsewhere"))),
+            Vec::<String>::new()
+        );
+        assert!(
+            matches!(index.facts(&key), Some(Known::Present(_))),
+            "the relist of another namespace kept the client Secret: {:?}",
+            index.facts(&key)
+        );
+        index.relist_started(None);
+        assert_eq!(
+            names(index.relist_done(None)),
+            ["a"],
+            "a relist of all namespaces did not"
+        );
     }
 
     #[test]
