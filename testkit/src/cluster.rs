@@ -118,7 +118,8 @@ fn existing(script: PathBuf) -> Result<Cluster, String> {
     Ok(cluster)
 }
 
-fn read_env(path: &Path) -> HashMap<String, String> {
+/// The `KEY=value` lines of a file `cluster.sh` wrote (`env`, `ports`); empty when absent.
+pub fn read_env(path: &Path) -> HashMap<String, String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
