@@ -155,9 +155,11 @@ impl Minter {
             let group = groups.entry(order.key.clone()).or_default();
             group.members.insert(member.clone());
             if let Some(latest) = &group.latest
-                && order
-                    .acceptance
-                    .accepts(latest.token.issued_at, latest.token.expires_at)
+                && order.acceptance.accepts(
+                    latest.token.issued_at,
+                    latest.token.expires_at,
+                    &latest.token_hash,
+                )
             {
                 return TokenOutcome::Obtained {
                     token: latest.clone(),

@@ -862,7 +862,11 @@ fn a_refused_secret_write_is_recorded_and_the_token_is_not_minted_again_before_t
         later.observed(),
         world_with(issued("t1", 0, 7200), |step| {
             if let Step::ObtainToken(order) = step {
-                accepted = Some(order.acceptance.accepts(at(0), at(7200)));
+                accepted = Some(order.acceptance.accepts(
+                    at(0),
+                    at(7200),
+                    &crate::observe::token_hash("t1"),
+                ));
             }
             None
         }),
