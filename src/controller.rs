@@ -736,7 +736,13 @@ async fn act(
             .map_err(|e| e.to_failure()),
         ),
         Step::WriteSecret(write) => {
-            Outcome::Written(write_secret(&secrets, namespace, write).await)
+            let written = write_secret(&secrets, namespace, write).await;
+            if written.is_ok()
+                && let Some(hash) = &write.token_hash
+            {
+                ctx.minter.stored(reference, hash);
+            }
+            Outcome::Written(written)
         }
         Step::DeleteSecret {
             name,

@@ -59,6 +59,8 @@ pub struct Minter {
     gate: Arc<HostGate>,
     groups: Mutex<HashMap<GroupKey, Group>>,
     membership: Mutex<HashMap<ObjectRef<DsccCredential>, GroupKey>>,
+    /// Member → the hash of the token it last stored in its target Secret.
+    stored: Mutex<HashMap<ObjectRef<DsccCredential>, String>>,
     notify: Mutex<Option<Notify>>,
     metrics: Arc<Metrics>,
     leadership: Leadership,
@@ -79,6 +81,7 @@ impl Minter {
             gate,
             groups: Mutex::new(HashMap::new()),
             membership: Mutex::new(HashMap::new()),
+            stored: Mutex::new(HashMap::new()),
             notify: Mutex::new(None),
             metrics,
             leadership,
@@ -115,18 +118,27 @@ impl Minter {
             &member.name,
             key.id(),
         );
+        let stored = lock(&self.stored).get(member).cloned();
         let latest = group.latest.as_ref().map(|m| GroupToken {
             issued_at: m.token.issued_at,
             expires_at: m.token.expires_at,
             token_hash: m.token_hash.clone(),
+            stored_by_member: stored.as_deref() == Some(m.token_hash.as_str()),
         });
         drop(groups);
         self.publish_group_metrics();
         latest
     }
 
+    /// Records that `member` stored the token `token_hash` in its target Secret: that token
+    /// is its current one, never "a newer group token" for it.
+    pub fn stored(&self, member: &ObjectRef<DsccCredential>, token_hash: &str) {
+        lock(&self.stored).insert(member.clone(), token_hash.to_owned());
+    }
+
     /// Forgets a deleted credential.
     pub fn leave(&self, member: &ObjectRef<DsccCredential>) {
+        lock(&self.stored).remove(member);
         if let Some(key) = lock(&self.membership).remove(member) {
             leave_group(&mut lock(&self.groups), &key, member);
         }
@@ -150,16 +162,23 @@ impl Minter {
         member: &ObjectRef<DsccCredential>,
     ) -> TokenOutcome {
         let endpoint = Endpoint::of(&order.grant.token_url);
+        let stored = lock(&self.stored).get(member).cloned();
         {
             let mut groups = lock(&self.groups);
             let group = groups.entry(order.key.clone()).or_default();
             group.members.insert(member.clone());
+            // The member's own current token is never "another" token for it, unless its
+            // target lost it (then the order accepts any: the token is written back).
+            let its_current = order.acceptance.issued_after.is_some()
+                && group
+                    .latest
+                    .as_ref()
+                    .is_some_and(|latest| stored.as_deref() == Some(latest.token_hash.as_str()));
             if let Some(latest) = &group.latest
-                && order.acceptance.accepts(
-                    latest.token.issued_at,
-                    latest.token.expires_at,
-                    &latest.token_hash,
-                )
+                && !its_current
+                && order
+                    .acceptance
+                    .accepts(latest.token.issued_at, latest.token.expires_at)
             {
                 return TokenOutcome::Obtained {
                     token: latest.clone(),

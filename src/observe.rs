@@ -296,6 +296,9 @@ pub struct GroupToken {
     pub expires_at: Timestamp,
     /// A one-way hash of it.
     pub token_hash: String,
+    /// Whether it is the token this member last stored in its target Secret (issue times
+    /// are whole seconds: a newer token may have the same one).
+    pub stored_by_member: bool,
 }
 
 /// The failure bookkeeping kept in the status (and in the operator's memory).

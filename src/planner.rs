@@ -259,18 +259,18 @@ fn issue_reason(o: &Observed) -> Option<IssueReason> {
 
 fn group_has_newer(o: &Observed, record: &TokenRecord) -> bool {
     match &o.group {
-        GroupState::Consulted(Some(group)) => acceptance(o, Some(record), false).accepts(
-            group.issued_at,
-            group.expires_at,
-            &group.token_hash,
-        ),
+        GroupState::Consulted(Some(group)) => {
+            !group.stored_by_member
+                && group.issued_at >= record.issued_at
+                && acceptance(o, None, false).accepts(group.issued_at, group.expires_at)
+        }
         _ => false,
     }
 }
 
-fn acceptance(o: &Observed, current: Option<&TokenRecord>, none: bool) -> Acceptance {
+fn acceptance(o: &Observed, issued_after: Option<Timestamp>, none: bool) -> Acceptance {
     Acceptance {
-        instead_of: current.map(|r| (r.issued_at, r.token_hash.clone())),
+        issued_after,
         none,
         refresh_before: o.spec.refresh_before,
         jitter_uid: o.spec.jitter_uid.clone(),
@@ -551,6 +551,7 @@ impl Reconcile {
         // A manual refresh asks for a new token; anything else (a Secret deleted, edited or
         // moved, a new member of the group) is served by a valid token the group holds.
         let none_acceptable = reason == IssueReason::RefreshRequested;
+        let issued_after = current.map(|r| r.issued_at);
         let urgent = current.is_some_and(|r| {
             let margin =
                 SignedDuration::from_secs(60).min(r.expires_at.duration_since(r.issued_at) / 10);
@@ -565,7 +566,7 @@ impl Reconcile {
                 scopes: spec.scopes.clone(),
                 kind,
             },
-            acceptance: acceptance(o, current, none_acceptable),
+            acceptance: acceptance(o, issued_after, none_acceptable),
             may_request: reason != IssueReason::GroupTokenNewer,
             urgent,
         })))
@@ -610,6 +611,7 @@ impl Reconcile {
             which: Written::Target,
             secret,
             mode,
+            token_hash: Some(token.token_hash.clone()),
         }
     }
 
@@ -648,6 +650,7 @@ impl Reconcile {
                 which: Written::Refresh,
                 secret,
                 mode,
+                token_hash: None,
             })));
         }
         // A previous target, named by the status, that this credential owns.

@@ -862,11 +862,7 @@ fn a_refused_secret_write_is_recorded_and_the_token_is_not_minted_again_before_t
         later.observed(),
         world_with(issued("t1", 0, 7200), |step| {
             if let Step::ObtainToken(order) = step {
-                accepted = Some(order.acceptance.accepts(
-                    at(0),
-                    at(7200),
-                    &crate::observe::token_hash("t1"),
-                ));
+                accepted = Some(order.acceptance.accepts(at(0), at(7200)));
             }
             None
         }),
@@ -1201,6 +1197,42 @@ fn a_refresh_token_is_used_and_a_refused_one_falls_back_to_client_credentials() 
 }
 
 #[test]
+fn a_group_token_of_the_same_second_is_newer_unless_it_is_the_members_own() {
+    // Issue times are whole seconds. A token the group minted in the second of this
+    // member's current token is another token (taken, no request); the member's own
+    // stored token is not. The old rule (strictly later) kept a held token from being
+    // reused; found by e2e_refusals, where a third request followed.
+    let token = issued("t1", 0, 7200);
+    let mut world = World::new(serde_json::json!({})).with_token(&token);
+    world.now = 1000;
+    for (stored_by_member, adopted) in [(false, true), (true, false)] {
+        let same_second = issued("t2", 0, 7200);
+        let shared = minted(same_second.clone(), "ClientCredentials");
+        let (steps, _, _) = run(
+            world.observed(),
+            world_with(same_second.clone(), |step| match step {
+                Step::ConsultGroup(_) => Some(Outcome::Group(Some(crate::observe::GroupToken {
+                    issued_at: same_second.issued_at,
+                    expires_at: same_second.expires_at,
+                    token_hash: "h".into(),
+                    stored_by_member,
+                }))),
+                Step::ObtainToken(_) => Some(Outcome::Token(TokenOutcome::Obtained {
+                    token: shared.clone(),
+                    requested: false,
+                })),
+                _ => None,
+            }),
+        );
+        assert_eq!(
+            steps.iter().any(|s| s.starts_with("ObtainToken")),
+            adopted,
+            "stored by the member: {stored_by_member}: {steps:?}"
+        );
+    }
+}
+
+#[test]
 fn a_newer_group_token_is_taken_without_a_request() {
     let token = issued("t1", 0, 7200);
     let mut world = World::new(serde_json::json!({})).with_token(&token);
@@ -1214,6 +1246,7 @@ fn a_newer_group_token_is_taken_without_a_request() {
                 issued_at: newer.issued_at,
                 expires_at: newer.expires_at,
                 token_hash: "h".into(),
+                stored_by_member: false,
             }))),
             Step::ObtainToken(order) => {
                 assert!(!order.may_request, "a group token never costs a request");
