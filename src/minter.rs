@@ -167,13 +167,12 @@ impl Minter {
             let mut groups = lock(&self.groups);
             let group = groups.entry(order.key.clone()).or_default();
             group.members.insert(member.clone());
-            // The member's own current token is never "another" token for it, unless its
-            // target lost it (then the order accepts any: the token is written back).
-            let its_current = order.acceptance.issued_after.is_some()
-                && group
-                    .latest
-                    .as_ref()
-                    .is_some_and(|latest| stored.as_deref() == Some(latest.token_hash.as_str()));
+            // Issue times are whole seconds: a group token of the same second as the
+            // member's current one is another token unless it is the one the member stored.
+            let its_current = group.latest.as_ref().is_some_and(|latest| {
+                order.acceptance.issued_after == Some(latest.token.issued_at)
+                    && stored.as_deref() == Some(latest.token_hash.as_str())
+            });
             if let Some(latest) = &group.latest
                 && !its_current
                 && order

@@ -260,8 +260,8 @@ fn issue_reason(o: &Observed) -> Option<IssueReason> {
 fn group_has_newer(o: &Observed, record: &TokenRecord) -> bool {
     match &o.group {
         GroupState::Consulted(Some(group)) => {
-            !group.stored_by_member
-                && group.issued_at >= record.issued_at
+            (group.issued_at > record.issued_at
+                || (group.issued_at == record.issued_at && !group.stored_by_member))
                 && acceptance(o, None, false).accepts(group.issued_at, group.expires_at)
         }
         _ => false,
