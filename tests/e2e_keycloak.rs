@@ -38,7 +38,6 @@ use support::harness::{
     wait_for_credential, wait_until,
 };
 use support::keycloak::{Jwt, Keycloak};
-use support::operator::{Operator, test_flags};
 
 /// The realm's access-token lifetime for this binary.
 const LIFETIME_SECONDS: u64 = 30;
@@ -74,25 +73,6 @@ async fn setup(test: &str) -> (&'static Keycloak, TestEnv) {
         Err(error) => std::panic::resume_unwind(error.into_panic()),
     };
     (keycloak, env)
-}
-
-/// An operator for `env`'s namespace as it runs in production: https only, plus Keycloak's CA.
-fn start_operator(env: &TestEnv, keycloak: &Keycloak) -> Operator {
-    let mut args: Vec<String> = test_flags()
-        .into_iter()
-        .filter(|flag| flag != "--allow-insecure-token-url")
-        .collect();
-    assert!(
-        !args.iter().any(|flag| flag.contains("insecure")),
-        "{args:?}"
-    );
-    args.push(format!("--namespace={}", env.namespace));
-    args.push(format!("--extra-ca-file={}", keycloak.ca_file.display()));
-    Operator::start(
-        &env.cluster.kubeconfig,
-        args,
-        env.log_dir.join(format!("operator-{}.log", suffix())),
-    )
 }
 
 /// Writes client Secret `<name>-client` for Keycloak's client `role`.
@@ -262,7 +242,7 @@ async fn gets_keycloak_tokens_with_client_secret_post_and_client_secret_basic() 
         std::time::Instant::now(),
     );
     let (keycloak, env) = setup("keycloak-client-credentials").await;
-    let _operator = start_operator(&env, keycloak);
+    let _operator = env.start_operator_https_only(Some(&keycloak.ca_file));
     create(
         &env,
         "post",
@@ -347,7 +327,7 @@ async fn renews_keycloak_tokens_in_the_last_third_of_their_lifetime_before_they_
         std::time::Instant::now(),
     );
     let (keycloak, env) = setup("keycloak-renewal").await;
-    let _operator = start_operator(&env, keycloak);
+    let _operator = env.start_operator_https_only(Some(&keycloak.ca_file));
     create(
         &env,
         "renewed",
@@ -580,7 +560,7 @@ async fn renews_with_keycloak_refresh_tokens_and_falls_back_to_client_credential
         std::time::Instant::now(),
     );
     let (keycloak, env) = setup("keycloak-refresh").await;
-    let operator = start_operator(&env, keycloak);
+    let operator = env.start_operator_https_only(Some(&keycloak.ca_file));
     create(
         &env,
         "rotating",
@@ -809,7 +789,7 @@ async fn exchanges_the_msp_token_for_tenant_tokens_and_follows_the_subject() {
         std::time::Instant::now(),
     );
     let (keycloak, env) = setup("keycloak-token-exchange").await;
-    let _operator = start_operator(&env, keycloak);
+    let _operator = env.start_operator_https_only(Some(&keycloak.ca_file));
     let jwks = keycloak.jwks().await;
     let msp_client = keycloak.client("msp").client_id.clone();
     let tenants = [

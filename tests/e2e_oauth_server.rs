@@ -15,7 +15,6 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use support::cluster::repo;
 use support::harness::{TestEnv, parse_time, suffix, wait_until};
-use support::operator::{Operator, test_flags};
 
 /// Generous for a loaded 2-core machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -164,27 +163,6 @@ fn client(name: &str) -> Client {
     }
 }
 
-/// An operator for `env`'s namespace as it runs in production: https only, plus `ca`.
-fn start_operator(env: &TestEnv, ca: Option<&Path>) -> Operator {
-    let mut args: Vec<String> = test_flags()
-        .into_iter()
-        .filter(|flag| flag != "--allow-insecure-token-url")
-        .collect();
-    assert!(
-        !args.iter().any(|flag| flag.contains("insecure")),
-        "{args:?}"
-    );
-    args.push(format!("--namespace={}", env.namespace));
-    if let Some(ca) = ca {
-        args.push(format!("--extra-ca-file={}", ca.display()));
-    }
-    Operator::start(
-        &env.cluster.kubeconfig,
-        args,
-        env.log_dir.join(format!("operator-{}.log", suffix())),
-    )
-}
-
 /// Creates credential `name` for `client` against `server`.
 async fn create(env: &TestEnv, name: &str, server: &OAuthServer, client: &Client, auth: &str) {
     let secret = format!("{name}-client");
@@ -225,7 +203,7 @@ async fn gets_tokens_from_a_real_oauth_server_with_post_and_basic_authentication
         ],
     );
     let env = TestEnv::new("oauth-server-auth").await;
-    let _operator = start_operator(&env, Some(&server.ca()));
+    let _operator = env.start_operator_https_only(Some(&server.ca()));
     create(&env, "post", &server, &post, "ClientSecretPost").await;
     create(&env, "basic", &server, &basic, "ClientSecretBasic").await;
 
@@ -266,7 +244,7 @@ async fn renews_tokens_from_a_real_oauth_server_before_they_expire() {
     let post = client("renewed");
     let server = OAuthServer::start("renewal", 6, &[(&post, "client_secret_post")]);
     let env = TestEnv::new("oauth-server-renewal").await;
-    let _operator = start_operator(&env, Some(&server.ca()));
+    let _operator = env.start_operator_https_only(Some(&server.ca()));
     create(&env, "reports", &server, &post, "ClientSecretPost").await;
 
     let credential = env
@@ -312,7 +290,7 @@ async fn reports_an_untrusted_certificate_as_token_endpoint_unavailable() {
     let post = client("untrusted");
     let server = OAuthServer::start("untrusted", 3600, &[(&post, "client_secret_post")]);
     let env = TestEnv::new("oauth-server-untrusted").await;
-    let mut operator = start_operator(&env, None);
+    let mut operator = env.start_operator_https_only(None);
     create(&env, "reports", &server, &post, "ClientSecretPost").await;
 
     let failing = env
@@ -339,7 +317,7 @@ async fn reports_an_untrusted_certificate_as_token_endpoint_unavailable() {
     // With the CA, the same credential gets its token.
     operator.stop();
     drop(operator);
-    let _operator = start_operator(&env, Some(&server.ca()));
+    let _operator = env.start_operator_https_only(Some(&server.ca()));
     env.wait_for_condition("reports", "Ready", "True", None, READY_TIMEOUT)
         .await;
     let token = env

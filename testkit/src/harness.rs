@@ -134,6 +134,28 @@ impl TestEnv {
         )
     }
 
+    /// An operator for this namespace as it runs in production: https only (the test flag
+    /// that allows plain http is dropped), plus `ca` as an extra trusted CA.
+    pub fn start_operator_https_only(&self, ca: Option<&std::path::Path>) -> Operator {
+        let mut args: Vec<String> = test_flags()
+            .into_iter()
+            .filter(|flag| flag != "--allow-insecure-token-url")
+            .collect();
+        assert!(
+            !args.iter().any(|flag| flag.contains("insecure")),
+            "{args:?}"
+        );
+        args.push(format!("--namespace={}", self.namespace));
+        if let Some(ca) = ca {
+            args.push(format!("--extra-ca-file={}", ca.display()));
+        }
+        Operator::start(
+            &self.cluster.kubeconfig,
+            args,
+            self.log_dir.join(format!("operator-{}.log", suffix())),
+        )
+    }
+
     /// Creates or replaces the Secret `name` with string data.
     pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
         let secret = Secret {
