@@ -369,18 +369,7 @@ async fn renews_keycloak_tokens_in_the_last_third_of_their_lifetime_before_they_
     let mut order: Vec<(String, Timestamp, Timestamp)> = vec![];
     let mut decoded: BTreeMap<String, Jwt> = BTreeMap::new();
     for reading in &readings {
-        assert!(
-            reading.error.is_none(),
-            "reading the Secret failed: {reading:?}"
-        );
-        let (Some(token), Some(expires_at)) = (&reading.access_token, reading.expires_at) else {
-            panic!("the Secret, its token or its expiry was missing: {reading:?}");
-        };
-        assert!(
-            reading.read_at < expires_at,
-            "the Secret held a token that expired at {expires_at}, read at {}",
-            reading.read_at
-        );
+        let (token, expires_at) = support::harness::valid_token(reading);
         let jwt = decoded
             .entry(token.clone())
             .or_insert_with(|| keycloak_token(keycloak, &jwks, token, &plain));

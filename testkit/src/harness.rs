@@ -481,6 +481,24 @@ pub async fn read_token(secrets: &Api<Secret>, name: &str) -> TokenReading {
     }
 }
 
+/// The token and expiry of one [`TestEnv::watch_token`] reading; panics unless the Secret
+/// was read, held a token and its expiry, and the token had not expired.
+pub fn valid_token(reading: &TokenReading) -> (&String, Timestamp) {
+    assert!(
+        reading.error.is_none(),
+        "reading the Secret failed: {reading:?}"
+    );
+    let (Some(token), Some(expires_at)) = (&reading.access_token, reading.expires_at) else {
+        panic!("the Secret, its token or its expiry was missing: {reading:?}");
+    };
+    assert!(
+        reading.read_at < expires_at,
+        "the Secret held a token that expired at {expires_at}, read at {}",
+        reading.read_at
+    );
+    (token, expires_at)
+}
+
 /// Checks what a [`TestEnv::watch_token`] sampler saw while tokens of `lifetime` were renewed:
 /// the Secret was never missing and never held an expired token, every token was renewed
 /// well before it expired (a third of the lifetime remains at renewal; half of that is
@@ -492,18 +510,7 @@ pub fn assert_renewed_in_time(
 ) {
     let mut expiry_of = std::collections::HashMap::new();
     for reading in readings {
-        assert!(
-            reading.error.is_none(),
-            "reading the Secret failed: {reading:?}"
-        );
-        let (Some(token), Some(expires_at)) = (&reading.access_token, reading.expires_at) else {
-            panic!("the Secret, its token or its expiry was missing: {reading:?}");
-        };
-        assert!(
-            reading.read_at < expires_at,
-            "the Secret held a token that expired at {expires_at}, read at {}",
-            reading.read_at
-        );
+        let (token, expires_at) = valid_token(reading);
         expiry_of.insert(token.clone(), expires_at);
     }
 
